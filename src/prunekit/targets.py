@@ -1,0 +1,77 @@
+"""Which parameters a pruning call may touch, and the user's `exclude` list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.masking import named_effective_parameters, split_name
+
+ExcludeItem = str | type[nn.Module]
+
+
+def _prunable_weight_names(module: nn.Module) -> list[str]:
+    """The weight tensors of `module` that unstructured pruning considers (biases never)."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return ["weight"]
+    if isinstance(module, nn.RNNBase):
+        return [name for name in module._flat_weights_names if name.startswith("weight_")]
+    if isinstance(module, nn.MultiheadAttention):
+        return (
+            ["in_proj_weight"]
+            if module.in_proj_weight is not None
+            else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        )
+    return []
+
+
+def _matches(item: ExcludeItem, module_name: str, module: nn.Module, fqn: str) -> bool:
+    if isinstance(item, type):
+        return isinstance(module, item)
+    return item in (module_name, fqn) or fqn.startswith(item + ".")
+
+
+def resolve_targets(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> list[str]:
+    """Dotted names of the prunable weights of `model`, minus those matched by `exclude`.
+
+    `exclude` items are module names (``"classifier"``), name prefixes (``"layer1"``), parameter
+    names (``"fc1.weight"``) or module types (``nn.Conv2d``). An item that matches no prunable
+    weight is an error, so a typo never silently prunes a layer meant to be kept.
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> resolve_targets(model, exclude=["2"])
+    ['0.weight']
+    """
+    exclude = list(exclude)
+    for item in exclude:
+        if not isinstance(item, (str, type)):
+            raise PrunekitError(
+                f"exclude item {item!r} is neither a layer name nor a module type; "
+                "pass names such as 'classifier' or types such as torch.nn.Linear"
+            )
+    present = {name for name, _ in named_effective_parameters(model)}
+    candidates: list[tuple[str, nn.Module, str]] = []
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for param_name in _prunable_weight_names(module):
+            if prefix + param_name in present:
+                candidates.append((module_name, module, prefix + param_name))
+    used = [False] * len(exclude)
+    targets = []
+    for module_name, module, fqn in candidates:
+        hits = [_matches(item, module_name, module, fqn) for item in exclude]
+        used = [was or hit for was, hit in zip(used, hits)]
+        if not any(hits):
+            targets.append(fqn)
+    unmatched = [item for item, hit in zip(exclude, used) if not hit]
+    if unmatched:
+        layer_names = sorted({split_name(fqn)[0] for _, _, fqn in candidates})
+        raise PrunekitError(
+            f"exclude entries {unmatched!r} match no prunable layer; prunable layers are: "
+            f"{', '.join(layer_names)}"
+        )
+    if not targets:
+        raise PrunekitError("nothing left to prune: every prunable weight is excluded or absent")
+    return targets
