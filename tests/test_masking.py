@@ -108,3 +108,11 @@ def test_lstm_weights_can_be_masked():
     apply_masks(lstm, {"weight_hh_l0": keep})
     inputs = torch.randn(2, 5, 4)
     torch.testing.assert_close(lstm(inputs)[0], reference(inputs)[0])
+
+
+def test_effective_parameters_list_each_parameter_once_under_its_plain_name():
+    model = _model()
+    plain = [name for name, _ in named_effective_parameters(model)]
+    apply_masks(model, _random_masks(model))
+    masked = [name for name, _ in named_effective_parameters(model)]
+    assert sorted(masked) == sorted(plain) == ["0.bias", "0.weight", "2.bias", "2.weight"]

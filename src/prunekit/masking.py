@@ -54,6 +54,8 @@ def named_effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Te
     ['weight', 'bias']
     """
     for module_name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # its `original` is reported through the owning module below
         prefix = f"{module_name}." if module_name else ""
         for param_name, param in module._parameters.items():
             if param is not None:
