@@ -116,3 +116,27 @@ def test_effective_parameters_list_each_parameter_once_under_its_plain_name():
     apply_masks(model, _random_masks(model))
     masked = [name for name, _ in named_effective_parameters(model)]
     assert sorted(masked) == sorted(plain) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+
+
+def test_baking_a_deepcopy_leaves_the_original_masked():
+    model = _model()
+    masks = _random_masks(model)
+    apply_masks(model, masks)
+    inputs = torch.randn(3, 6)
+    expected = model(inputs)
+    baked = bake(copy.deepcopy(model))
+    torch.testing.assert_close(baked(inputs), expected, rtol=0, atol=0)
+    torch.testing.assert_close(model(inputs), expected, rtol=0, atol=0)
+    assert get_masks(model).keys() == masks.keys() and get_masks(baked) == {}
+    assert type(baked[0]) is nn.Linear
+
+
+def test_baked_lstm_matches_masked_lstm():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 3, batch_first=True)
+    apply_masks(lstm, {"weight_hh_l0": torch.rand(12, 3) > 0.5, "weight_ih_l0": torch.rand(12, 4) > 0.5})
+    inputs = torch.randn(2, 5, 4)
+    expected = lstm(inputs)[0]
+    bake(lstm)
+    assert type(lstm) is nn.LSTM
+    torch.testing.assert_close(lstm(inputs)[0], expected)

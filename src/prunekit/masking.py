@@ -138,21 +138,49 @@ def get_masks(model: nn.Module) -> Masks:
     return masks
 
 
+def _bake_module(module: nn.Module) -> None:
+    """Replace every KeepMask-only parametrization of `module` by a plain parameter.
+
+    torch's ``remove_parametrizations`` deletes the property from the module's class, and
+    ``copy.deepcopy`` of a parametrized module shares that class with the original: baking a copy
+    would break the original. Swapping the instance's class back leaves the shared class alone.
+    """
+    names = list(module.parametrizations)
+    mask_only = all(
+        len(module.parametrizations[name]) == 1 and _mask_parametrization(module, name) is not None
+        for name in names
+    )
+    if not mask_only:
+        for name in names:
+            if _mask_parametrization(module, name) is not None:
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        return
+    baked = {}
+    for name in names:
+        original = module.parametrizations[name].original
+        value = getattr(module, name).detach().clone()
+        baked[name] = nn.Parameter(value, requires_grad=original.requires_grad)
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    for name, param in baked.items():
+        module._parameters[name] = param
+    if isinstance(module, nn.RNNBase):
+        module._init_flat_weights()
+
+
 def bake(model: nn.Module) -> nn.Module:
     """Make the masks permanent: plain parameters holding zeros, no parametrizations left.
 
     The resulting state_dict loads into a fresh, unpruned instance of the same architecture.
+    Safe on a ``copy.deepcopy`` of a masked model (the original keeps its masks).
 
     >>> model = apply_masks(nn.Linear(2, 2), {"weight": torch.zeros(2, 2, dtype=torch.bool)})
     >>> sorted(bake(model).state_dict())
     ['bias', 'weight']
     """
     for module in list(model.modules()):
-        if not parametrize.is_parametrized(module):
-            continue
-        for param_name in list(module.parametrizations):
-            if _mask_parametrization(module, param_name) is not None:
-                parametrize.remove_parametrizations(module, param_name, leave_parametrized=True)
+        if parametrize.is_parametrized(module):
+            _bake_module(module)
     return model
 
 

@@ -1,0 +1,157 @@
+"""Command-line interface: the only module that reads argv or prints for the user."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from prunekit.errors import PrunekitError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.9; got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2; got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _run_and_report(config, out_dir: str) -> None:
+    from prunekit.harness import run_compare, write_results
+    from prunekit.report import format_table
+
+    def show(run: dict) -> None:
+        print(f"  seed {run['seed']} {run['method']:<14} {run['sparsity_target']:.0%}: "
+              f"accuracy {100 * run['accuracy']:.2f}% (dense {100 * run['accuracy_dense']:.2f}%)", flush=True)
+
+    runs = run_compare(config, on_run=show)
+    path = write_results(out_dir, config, runs)
+    print()
+    print(f"{config.model} on {config.dataset}, {config.scope} scope, {config.finetune_epochs} fine-tune "
+          f"epoch(s), seeds {','.join(map(str, config.seeds))}; latency at batch {config.batch_size}")
+    print(format_table(runs))
+    print(f"\nresults written to {path}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from prunekit.harness import CompareConfig
+
+    config = CompareConfig(
+        model=args.model, dataset=args.dataset, methods=args.methods, sparsities=args.sparsity,
+        scope=args.scope, granularity=args.granularity, seeds=args.seeds,
+        finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        exclude=args.exclude, train_epochs=args.train_epochs, cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    _run_and_report(config, args.out)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from prunekit.harness import CompareConfig
+
+    print("prunekit demo: LeNet-300-100 on the bundled MNIST-5k subset (3,500 train / 1,000 test).")
+    print("One dense baseline is trained (cached after the first run); each method prunes a copy of it")
+    print("globally and fine-tunes it for 2 epochs with the masks kept.\n")
+    config = CompareConfig(
+        model="lenet300", dataset="mnist5k", methods=("magnitude", "taylor", "random"),
+        sparsities=(0.9, 0.95), scope="global", seeds=(0,), finetune_epochs=2,
+        cache_dir=args.cache_dir, progress=not args.no_progress,
+    )
+    _run_and_report(config, args.out)
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from prunekit.criteria import WEIGHT_CRITERIA
+
+    print("granularity 'unstructured' (individual weights):")
+    for criterion in WEIGHT_CRITERIA.values():
+        needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
+        print(f"  {criterion.name:<14} {criterion.description}{needs}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    import torch
+
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.metrics import summary
+
+    model, info = load_checkpoint(args.checkpoint)
+    arch = info["arch"]
+    print(f"{args.checkpoint}: {arch['model']} (input {tuple(arch['input_shape'])}, "
+          f"{arch['num_classes']} classes), {'masked' if info['masked'] else 'plain weights'}")
+    for key, value in info.get("meta", {}).items():
+        print(f"  {key}: {value}")
+    print(summary(model, torch.zeros(1, *arch["input_shape"])))
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from prunekit.data import list_datasets
+    from prunekit.zoo import list_models
+
+    for title, entries in (("models", list_models()), ("datasets", list_datasets())):
+        print(f"{title}:")
+        for name, description in entries.items():
+            print(f"  {name:<18} {description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for the ``prunekit`` command."""
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compare = commands.add_parser("compare", help="compare pruning methods on one model and dataset")
+    compare.add_argument("--model", required=True, help="zoo model name, see 'prunekit list'")
+    compare.add_argument("--dataset", required=True, help="bundled dataset name, see 'prunekit list'")
+    compare.add_argument("--methods", type=_names, required=True, help="comma-separated, see 'prunekit methods'")
+    compare.add_argument("--sparsity", type=_floats, required=True, help="comma-separated targets in [0, 1)")
+    compare.add_argument("--scope", default="global", choices=("global", "layer"))
+    compare.add_argument("--granularity", default="unstructured")
+    compare.add_argument("--seeds", type=_ints, default=(0,))
+    compare.add_argument("--finetune-epochs", type=int, default=2)
+    compare.add_argument("--finetune-lr", type=float, default=None)
+    compare.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default per model)")
+    compare.add_argument("--batch-size", type=int, default=64, help="batch size for latency (default 64)")
+    compare.add_argument("--exclude", type=_names, default=(), help="comma-separated layer names to keep dense")
+    compare.add_argument("--out", default="runs/compare")
+    compare.set_defaults(handler=_cmd_compare)
+
+    demo = commands.add_parser("demo", help="a 3-minute comparison on bundled data")
+    demo.add_argument("--out", default="runs/demo")
+    demo.set_defaults(handler=_cmd_demo)
+
+    for sub in (compare, demo):
+        sub.add_argument("--cache-dir", default=None, help="where trained baselines are cached")
+        sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    commands.add_parser("methods", help="list pruning methods").set_defaults(handler=_cmd_methods)
+    commands.add_parser("list", help="list bundled models and datasets").set_defaults(handler=_cmd_list)
+    info = commands.add_parser("info", help="summarise a saved checkpoint")
+    info.add_argument("checkpoint")
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prunekit`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except PrunekitError as error:
+        print(f"prunekit: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from prunekit.harness import CompareConfig, run_compare, write_results
+from prunekit.report import format_table
+
+REQUIRED = {
+    "model", "dataset", "method", "granularity", "scope", "sparsity_target", "seed", "sparsity_achieved",
+    "params", "params_dense", "params_nonzero", "macs", "macs_dense", "macs_nonzero", "accuracy",
+    "accuracy_dense", "latency_ms", "latency_dense_ms", "batch_size", "prune_seconds", "finetune_epochs",
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    config = CompareConfig("lenet300", "digits", ("magnitude", "random"), (0.5, 0.9), scope="global",
+                           seeds=(0,), finetune_epochs=1, train_epochs=3, batch_size=16,
+                           cache_dir=str(tmp_path_factory.mktemp("cache")), progress=False)
+    return config, run_compare(config)
+
+
+def test_every_run_has_the_required_fields_and_sane_values(runs):
+    config, results = runs
+    assert len(results) == 4
+    for run in results:
+        assert REQUIRED <= run.keys()
+        assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["accuracy_dense"] <= 1.0
+        # within one weight of the target over all targeted weights (global scope)
+        assert abs(run["sparsity_achieved"] - run["sparsity_target"]) * run["params_targeted"] <= 0.5
+        pruned = round(run["sparsity_target"] * run["params_targeted"])
+        assert run["params_nonzero"] == run["params_dense"] - pruned
+        assert run["macs_nonzero"] < run["macs_dense"] == run["macs"]
+        assert run["latency_ms"] > 0 and run["batch_size"] == 16
+
+
+def test_all_methods_start_from_the_same_baseline(runs):
+    _, results = runs
+    assert len({run["accuracy_dense"] for run in results}) == 1
+    assert len({run["latency_dense_ms"] for run in results}) == 1
+
+
+def test_magnitude_beats_random_at_high_sparsity(runs):
+    _, results = runs
+    by_method = {run["method"]: run for run in results if run["sparsity_target"] == 0.9}
+    assert by_method["magnitude"]["accuracy"] > by_method["random"]["accuracy"]
+
+
+def test_results_json_round_trip_and_table(runs, tmp_path):
+    config, results = runs
+    path = write_results(tmp_path, config, results)
+    payload = json.loads(path.read_text())
+    assert payload["runs"] == json.loads(json.dumps(results))
+    table = format_table(results)
+    assert "magnitude" in table and "random" in table and "90%" in table
