@@ -37,13 +37,29 @@ def test_every_run_has_the_required_fields_and_sane_values(runs):
 def test_all_methods_start_from_the_same_baseline(runs):
     _, results = runs
     assert len({run["accuracy_dense"] for run in results}) == 1
-    assert len({run["latency_dense_ms"] for run in results}) == 1
+    assert len({(run["params_dense"], run["macs_dense"]) for run in results}) == 1
 
 
 def test_magnitude_beats_random_at_high_sparsity(runs):
     _, results = runs
     by_method = {run["method"]: run for run in results if run["sparsity_target"] == 0.9}
     assert by_method["magnitude"]["accuracy"] > by_method["random"]["accuracy"]
+
+
+def test_structured_and_hybrid_runs_report_the_shrunk_model(tmp_path_factory):
+    config = CompareConfig("lenet300", "digits", ("neuron:l1@0.5", "hybrid:l1@0.5+magnitude@0.8"), (0.9,), scope="layer",
+                           seeds=(0,), finetune_epochs=0, train_epochs=2, batch_size=16,
+                           cache_dir=str(tmp_path_factory.mktemp("cache")), progress=False)
+    neuron, hybrid = run_compare(config)
+    # lenet300 on 8x8 digits: fc1 64->300, fc2 300->100, classifier 100->10; half of fc1 and fc2 removed
+    shrunk_params = (64 * 150 + 150) + (150 * 50 + 50) + (50 * 10 + 10)
+    assert (neuron["granularity"], neuron["method"], neuron["sparsity_target"]) == ("neuron", "l1", 0.5)
+    assert neuron["params"] == neuron["params_nonzero"] == shrunk_params < neuron["params_dense"]
+    assert neuron["macs"] < neuron["macs_dense"] and neuron["shrink_record"]["steps"]
+    assert (hybrid["granularity"], hybrid["method"], hybrid["sparsity_target"]) == ("hybrid", "l1@0.5+magnitude", 0.8)
+    assert hybrid["params"] == shrunk_params
+    weights = 64 * 150 + 150 * 50 + 50 * 10
+    assert hybrid["params_nonzero"] == shrunk_params - round(0.8 * weights)
 
 
 def test_results_json_round_trip_and_table(runs, tmp_path):

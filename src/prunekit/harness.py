@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,13 +24,23 @@ from prunekit.errors import PrunekitError
 from prunekit.io import atomic_write_text
 from prunekit.masking import bake
 from prunekit.metrics import count_macs, count_params, measure_latency
+from prunekit.hybrid import prune_hybrid
+from prunekit.methods import MethodSpec, parse_method_spec
 from prunekit.pruner import prune
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 
 
+#: Fine-tuning uses the model's training learning rate times this factor.
+FINETUNE_LR_FACTOR = 0.3
+
+
 @dataclass(frozen=True)
 class CompareConfig:
-    """One comparison: every method x sparsity x seed on one model and dataset."""
+    """One comparison: every method x sparsity x seed on one model and dataset.
+
+    `methods` are specs ``[granularity:]method[@sparsity]`` (see prunekit.methods); a spec without
+    a granularity uses `granularity`.
+    """
 
     model: str
     dataset: str
@@ -53,71 +64,95 @@ class _Baseline:
     accuracy: float
     params: int
     macs: int
-    latency_ms: float
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _measure_model(model: nn.Module, example: torch.Tensor, latency_batch: torch.Tensor) -> dict[str, Any]:
-    """params / MACs / latency of `model` as deployed (masks baked into plain weights)."""
-    deployed = bake(copy.deepcopy(model))
-    params, params_nonzero = count_params(deployed)
-    macs, macs_nonzero = count_macs(deployed, example)
-    return {
-        "params": params,
-        "params_nonzero": params_nonzero,
-        "macs": macs,
-        "macs_nonzero": macs_nonzero,
-        "latency_ms": measure_latency(deployed, latency_batch),
-    }
+def _deployed(model: nn.Module) -> nn.Module:
+    """The model as it would ship: masks baked into plain weights (the caller's copy is untouched)."""
+    return bake(copy.deepcopy(model))
 
 
-def _one_run(config: CompareConfig, method: str, sparsity: float, seed: int, baseline: _Baseline, loaders, tensors) -> dict:
+def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    params, params_nonzero = count_params(model)
+    macs, macs_nonzero = count_macs(model, example)
+    return {"params": params, "params_nonzero": params_nonzero, "macs": macs, "macs_nonzero": macs_nonzero}
+
+
+def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, rounds: int = 3,
+                   repeats: int = 15) -> tuple[float, float]:
+    """Median latency (ms) of both models, measured alternately so that both see the same
+    machine load; returns ``(dense_ms, pruned_ms)``.
+
+    >>> dense_ms, pruned_ms = paired_latency(nn.Linear(4, 4), nn.Linear(4, 2), torch.ones(8, 4), 1, 3)
+    >>> dense_ms > 0 and pruned_ms > 0
+    True
+    """
+    dense_times, pruned_times = [], []
+    for _ in range(rounds):
+        dense_times.append(measure_latency(dense, inputs, warmup=3, repeats=repeats))
+        pruned_times.append(measure_latency(pruned, inputs, warmup=3, repeats=repeats))
+    return statistics.median(dense_times), statistics.median(pruned_times)
+
+
+def _prune_for_spec(model: nn.Module, spec: MethodSpec, sparsity: float, config: CompareConfig, seed: int,
+                    train_loader, example: torch.Tensor):
+    if spec.granularity == "hybrid":
+        return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
+                            scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed)
+    return prune(model, method=spec.method, sparsity=sparsity, granularity=spec.granularity, scope=config.scope,
+                 data=train_loader, example_inputs=example, exclude=config.exclude, seed=seed)
+
+
+def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
+             loaders, tensors) -> dict:
     train_loader, test_loader = loaders
     example, latency_batch = tensors
     model = copy.deepcopy(baseline.model)
-    result = prune(
-        model,
-        method=method,
-        sparsity=sparsity,
-        granularity=config.granularity,
-        scope=config.scope,
-        data=train_loader,
-        example_inputs=example,
-        exclude=config.exclude,
-        seed=seed,
-    )
+    result = _prune_for_spec(model, spec, sparsity, config, seed, train_loader, example)
     train_config = default_train_config(config.model)
-    lr = config.finetune_lr if config.finetune_lr is not None else train_config.lr * 0.3
+    lr = config.finetune_lr if config.finetune_lr is not None else train_config.lr * FINETUNE_LR_FACTOR
     if config.finetune_epochs > 0:
         train(model, train_loader, epochs=config.finetune_epochs, lr=lr, optimizer=train_config.optimizer,
               seed=seed, progress=config.progress)
-    measured = _measure_model(model, example, latency_batch)
+    deployed = _deployed(model)
+    latency_dense, latency = paired_latency(baseline.model, deployed, latency_batch)
     return {
         "model": config.model,
         "dataset": config.dataset,
-        "method": method,
-        "granularity": config.granularity,
+        "method": spec.label,
+        "granularity": spec.granularity,
         "scope": config.scope,
         "sparsity_target": sparsity,
+        "unit_sparsity": spec.sparsity if spec.granularity == "hybrid" else None,
         "seed": seed,
         "sparsity_achieved": result.sparsity_achieved,
         "params_targeted": result.params_targeted,
         "relative_sparsity": result.relative_sparsity,
-        **measured,
+        **_size(deployed, example),
         "params_dense": baseline.params,
         "macs_dense": baseline.macs,
         "accuracy": evaluate(model, test_loader),
         "accuracy_dense": baseline.accuracy,
-        "latency_dense_ms": baseline.latency_ms,
+        "latency_ms": latency,
+        "latency_dense_ms": latency_dense,
         "batch_size": config.batch_size,
         "prune_seconds": result.seconds,
         "finetune_epochs": config.finetune_epochs,
         "finetune_lr": lr,
+        "shrink_record": result.shrink_record.to_dict() if result.shrink_record is not None else None,
     }
+
+
+def _runs_for(spec: MethodSpec, config: CompareConfig) -> tuple[float, ...]:
+    if spec.granularity == "hybrid":
+        return (spec.weight_sparsity,) if spec.weight_sparsity is not None else config.sparsities
+    return (spec.sparsity,) if spec.sparsity is not None else config.sparsities
 
 
 def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = None) -> list[dict]:
     """Run the comparison and return one result dict per (seed, method, sparsity).
+
+    Every method spec is parsed and validated before any training starts.
 
     >>> config = CompareConfig("lenet300", "digits", ("magnitude",), (0.5,), finetune_epochs=0, progress=False)
     >>> runs = run_compare(config)  # doctest: +SKIP
@@ -125,22 +160,22 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
     for sparsity in config.sparsities:
         if not 0.0 <= sparsity < 1.0:
             raise PrunekitError(f"every sparsity must lie in [0, 1); got {sparsity}")
+    specs = [parse_method_spec(text, config.granularity) for text in config.methods]
     splits = load_dataset(config.dataset)
     train_config = default_train_config(config.model)
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
-    example = splits.test.tensors[0][:1]
+    example = splits.test.tensors[0][:2]
     latency_batch = splits.test.tensors[0][: config.batch_size]
     runs = []
     for seed in config.seeds:
         model, meta = get_baseline(config.model, config.dataset, seed, epochs=config.train_epochs,
                                    cache_dir=config.cache_dir, progress=config.progress)
-        dense = _measure_model(model, example, latency_batch)
-        baseline = _Baseline(model, evaluate(model, test_loader), dense["params"], dense["macs"],
-                             dense["latency_ms"], meta)
+        dense = _size(model, example)
+        baseline = _Baseline(model, evaluate(model, test_loader), dense["params"], dense["macs"], meta)
         train_loader = make_loader(splits.train, batch_size=train_config.batch_size, shuffle=True, seed=seed)
-        for method in config.methods:
-            for sparsity in config.sparsities:
-                run = _one_run(config, method, sparsity, seed, baseline, (train_loader, test_loader),
+        for spec in specs:
+            for sparsity in _runs_for(spec, config):
+                run = _one_run(config, spec, sparsity, seed, baseline, (train_loader, test_loader),
                                (example, latency_batch))
                 runs.append(run)
                 if on_run is not None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from prunekit.criteria import Criterion, get_weight_criterion
+from prunekit.criteria.structured import UnitCriterion, get_unit_criterion
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters, original_parameter
 from prunekit.select import SCOPES, select_by_ratio, select_by_threshold
@@ -21,7 +22,8 @@ from prunekit.stats import LossFn, collect_gradient_stats
 from prunekit.targets import ExcludeItem, resolve_targets
 from prunekit.types import ParamStats, PruneResult
 
-GRANULARITIES = ("unstructured",)
+STRUCTURED = ("neuron", "channel", "lstm-unit")
+GRANULARITIES = ("unstructured", *STRUCTURED)
 
 
 def compute_scores(
@@ -58,10 +60,24 @@ def _validate_request(
     scope: str,
     threshold: float | None,
     data: object,
-) -> Criterion:
+    example_inputs: object = None,
+) -> Criterion | UnitCriterion:
     if granularity not in GRANULARITIES:
         raise unknown_name("granularity", granularity, GRANULARITIES)
-    criterion = get_weight_criterion(method)
+    if granularity == "unstructured":
+        criterion = get_weight_criterion(method)
+    else:
+        criterion = get_unit_criterion(method, granularity)
+        if threshold is not None:
+            raise PrunekitError(
+                f"granularity '{granularity}' selects units by ratio only; pass sparsity= "
+                "(the fraction of units to remove) instead of threshold="
+            )
+        if example_inputs is None:
+            raise PrunekitError(
+                f"granularity '{granularity}' traces the model to find coupled layers; pass "
+                "example_inputs=<a small batch of real inputs>"
+            )
     if (sparsity is None) == (threshold is None):
         raise PrunekitError(
             "give exactly one of sparsity= (fraction of weights to remove) or threshold= "
@@ -73,9 +89,9 @@ def _validate_request(
         raise PrunekitError(f"threshold must be a finite number, got {threshold!r}")
     if scope not in SCOPES:
         raise unknown_name("scope", scope, SCOPES)
-    if criterion.needs == "gradients" and data is None:
+    if criterion.needs is not None and data is None:
         raise PrunekitError(
-            f"method '{method}' scores weights by gradients and needs data: pass "
+            f"method '{method}' needs data (it scores by {criterion.needs}): pass "
             "data=<iterable of (inputs, targets) batches>, e.g. a DataLoader over training data"
         )
     return criterion
@@ -104,11 +120,18 @@ def prune(
     exclude: Iterable[ExcludeItem] = (),
     seed: int = 0,
     num_batches: int = 8,
+    round_to: int | None = None,
+    remove: bool = True,
 ) -> PruneResult:
     """Prune `model` in place and report what changed.
 
-    Masks are attached through parametrizations and stay through fine-tuning; call
+    Unstructured: masks are attached through parametrizations and stay through fine-tuning; call
     :func:`prunekit.bake` for a plain model. A second call prunes further (sparsity is the total).
+
+    Structured (``granularity="neuron" | "channel" | "lstm-unit"``): `sparsity` is the fraction of
+    units removed; with ``remove=True`` (default) they are removed physically, so the model really
+    gets smaller and faster (``result.shrink_record`` replays the removal on a fresh model); with
+    ``remove=False`` they are masked to zero instead. Needs `example_inputs` to trace the model.
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
@@ -116,7 +139,12 @@ def prune(
     0.5
     """
     start = time.perf_counter()
-    criterion = _validate_request(model, method, granularity, sparsity, scope, threshold, data)
+    criterion = _validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs)
+    if granularity != "unstructured":
+        from prunekit.structured import UnitRequest, prune_units
+
+        request = UnitRequest(granularity, float(sparsity), scope, tuple(exclude), seed, round_to, remove, num_batches)
+        return prune_units(model, criterion, request, data, loss_fn, example_inputs, start)
     targets = resolve_targets(model, exclude)
     _check_finite(model, targets)
     stats = None

@@ -1,0 +1,59 @@
+"""Atomic file writes: a reader sees either the old file or the complete new one, never half.
+
+Each writer goes to a temporary file in the destination's directory (so the final rename stays on
+one filesystem) and then ``os.replace``-s it over the destination. If anything fails on the way
+the temporary file is removed and an existing destination is left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temp file next to `path`, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        # also on KeyboardInterrupt: never leave a half-written temp file behind
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` atomically; creates parent folders; returns the path.
+
+    Load the result with ``torch.load(path, weights_only=True)`` when `obj` holds only tensors and
+    plain Python containers / numbers / strings.
+
+    >>> import os, tempfile, torch
+    >>> path = atomic_save({"w": torch.ones(2)}, os.path.join(tempfile.mkdtemp(), "sub", "w.pt"))
+    >>> torch.load(path, weights_only=True)["w"]
+    tensor([1., 1.])
+    """
+    return _atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically; creates parent folders; returns the path.
+
+    >>> import os, tempfile
+    >>> path = atomic_write_text(os.path.join(tempfile.mkdtemp(), "results.json"), "{}")
+    >>> path.read_text()
+    '{}'
+    """
+    return _atomic_write(path, lambda file: file.write(text.encode(encoding)))

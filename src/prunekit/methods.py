@@ -1,0 +1,86 @@
+"""Method specs for the harness: ``[granularity:]method[@sparsity]``, hybrid as two stages.
+
+    magnitude                 unstructured magnitude at every sparsity of the comparison
+    channel:l1                channel pruning by L1 norm at every sparsity
+    neuron:taylor@0.5         neuron pruning pinned to 50% of the neurons
+    hybrid:l1@0.5+magnitude   50% of channels/neurons by L1, then magnitude at every sparsity
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunekit.criteria import get_weight_criterion
+from prunekit.criteria.structured import get_unit_criterion
+from prunekit.errors import PrunekitError, unknown_name
+from prunekit.pruner import GRANULARITIES
+
+SPEC_GRANULARITIES = (*GRANULARITIES, "hybrid")
+DEFAULT_HYBRID_UNIT_SPARSITY = 0.5
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of a comparison; `sparsity` None means "each sparsity of the comparison"."""
+
+    granularity: str
+    method: str
+    sparsity: float | None = None
+    weight_method: str | None = None
+    weight_sparsity: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The method as written in results (without the granularity)."""
+        if self.granularity == "hybrid":
+            return f"{self.method}@{self.sparsity:g}+{self.weight_method}"
+        return self.method
+
+
+def _split_budget(text: str) -> tuple[str, float | None]:
+    name, _, budget = text.partition("@")
+    if not budget:
+        return name.strip(), None
+    try:
+        value = float(budget)
+    except ValueError:
+        raise PrunekitError(f"'{text}': the part after '@' must be a sparsity such as 0.5") from None
+    if not 0.0 <= value < 1.0:
+        raise PrunekitError(f"'{text}': sparsity must lie in [0, 1)")
+    return name.strip(), value
+
+
+def parse_method_spec(text: str, default_granularity: str = "unstructured") -> MethodSpec:
+    """Parse and validate one method spec (unknown names fail here, before any training).
+
+    >>> parse_method_spec("hybrid:l1@0.5+magnitude")
+    MethodSpec(granularity='hybrid', method='l1', sparsity=0.5, weight_method='magnitude', weight_sparsity=None)
+    >>> parse_method_spec("channel:fpgm@0.3").sparsity
+    0.3
+    """
+    granularity, _, rest = text.rpartition(":")
+    granularity = granularity.strip() or default_granularity
+    if granularity not in SPEC_GRANULARITIES:
+        raise unknown_name("granularity", granularity, SPEC_GRANULARITIES)
+    if granularity != "hybrid":
+        method, sparsity = _split_budget(rest)
+        if granularity == "unstructured":
+            get_weight_criterion(method)
+        else:
+            get_unit_criterion(method, granularity)
+        return MethodSpec(granularity, method, sparsity)
+    unit_part, plus, weight_part = rest.partition("+")
+    if not plus:
+        raise PrunekitError(f"hybrid spec '{text}' needs two stages: hybrid:<unit method>[@s]+<weight method>[@s]")
+    unit_method, unit_sparsity = _split_budget(unit_part)
+    weight_method, weight_sparsity = _split_budget(weight_part)
+    get_weight_criterion(weight_method)
+    for granularity_option in ("channel", "neuron"):
+        try:
+            get_unit_criterion(unit_method, granularity_option)
+            break
+        except PrunekitError:
+            if granularity_option == "neuron":
+                raise
+    return MethodSpec("hybrid", unit_method, unit_sparsity if unit_sparsity is not None else DEFAULT_HYBRID_UNIT_SPARSITY,
+                      weight_method, weight_sparsity)
