@@ -6,7 +6,9 @@ are taken with ``torch.autograd.grad`` in eval mode (so BatchNorm running statis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -59,4 +61,113 @@ def collect_gradient_stats(
     return {
         name: ParamStats(grad_abs_mean=total / batches, batches=batches)
         for name, total in zip(names, sums)
+    }
+
+
+@dataclass(frozen=True)
+class ActivationPoint:
+    """Where a group's unit activations are observed: a module's output, along `channel_dim`.
+
+    For modules returning a tuple (LSTM/GRU) the first element is used.
+    """
+
+    module_name: str
+    channel_dim: int
+
+
+@dataclass
+class _Accumulator:
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: int = 0
+
+    def add(self, key: str, per_channel_sum: torch.Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0) + per_channel_sum.double()
+
+
+def _channels_last(tensor: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    return tensor.detach().movedim(channel_dim, -1).reshape(-1, tensor.shape[channel_dim])
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, points: Sequence[ActivationPoint]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record the outputs of the modules named in `points` while the block runs; hooks are
+    removed on exit, also on error.
+
+    >>> model = nn.Sequential(nn.Linear(3, 2))
+    >>> with capture_outputs(model, [ActivationPoint("0", -1)]) as seen:
+    ...     _ = model(torch.ones(1, 3))
+    >>> seen["0"][0].shape
+    torch.Size([1, 2])
+    """
+    seen: dict[str, list[torch.Tensor]] = {point.module_name: [] for point in points}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(module, args, output):
+            seen[name].append(output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    try:
+        for name in seen:
+            handles.append(model.get_submodule(name).register_forward_hook(hook_for(name)))
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def collect_activation_stats(
+    model: nn.Module,
+    data: Iterable,
+    points: Sequence[ActivationPoint],
+    loss_fn: LossFn | None = None,
+    num_batches: int = 8,
+    gradients: bool = False,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-channel activation statistics at each point, averaged over up to `num_batches` batches.
+
+    Returns ``{module_name: {"mean_abs", "zero_fraction"[, "grad_abs", "taylor"]}}``, each a
+    tensor with one value per channel. ``zero_fraction`` counts activations <= 0, i.e. the zeros a
+    following ReLU produces (APoZ). Gradients are taken with ``torch.autograd.grad`` in eval mode.
+
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+    >>> sorted(collect_activation_stats(model, data, [ActivationPoint("0", -1)], gradients=True)["0"])
+    ['grad_abs', 'mean_abs', 'taylor', 'zero_fraction']
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    accumulators = {point.module_name: _Accumulator() for point in points}
+    dims = {point.module_name: point.channel_dim for point in points}
+    was_training = model.training
+    model.eval()
+    batches = 0
+    try:
+        for inputs, targets in data:
+            if batches >= num_batches:
+                break
+            with torch.set_grad_enabled(gradients), capture_outputs(model, points) as seen:
+                outputs = model(inputs)
+            flat_outputs = [(name, out) for name, outs in seen.items() for out in outs]
+            grads = [None] * len(flat_outputs)
+            if gradients:
+                grads = torch.autograd.grad(loss_fn(outputs, targets), [out for _, out in flat_outputs],
+                                            allow_unused=True)
+            for (name, out), grad in zip(flat_outputs, grads):
+                values = _channels_last(out, dims[name])
+                accumulator = accumulators[name]
+                accumulator.rows += values.shape[0]
+                accumulator.add("mean_abs", values.abs().sum(0))
+                accumulator.add("zero_fraction", (values <= 0).sum(0))
+                if grad is not None:
+                    grad_values = _channels_last(grad, dims[name])
+                    accumulator.add("grad_abs", grad_values.abs().sum(0))
+                    accumulator.add("taylor", (values * grad_values).abs().sum(0))
+            batches += 1
+    finally:
+        model.train(was_training)
+    if batches == 0:
+        raise ValueError("data yielded no batches; pass a loader of (inputs, targets) batches")
+    return {
+        name: {key: (total / max(acc.rows, 1)).float() for key, total in acc.sums.items()}
+        for name, acc in accumulators.items()
     }

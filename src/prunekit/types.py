@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,10 +37,14 @@ class PruneResult:
     seconds: float
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    unit: str = "weight"
+    params_before: int | None = None
+    params_after: int | None = None
+    shrink_record: Any = field(default=None, repr=False)
 
     @property
     def sparsity_achieved(self) -> float:
-        """Fraction of targeted weights that are zero after pruning."""
+        """Fraction of targeted units (weights, or neurons/channels/...) removed or zeroed."""
         return 1.0 - self.nonzero_after / max(self.params_targeted, 1)
 
     def __str__(self) -> str:
@@ -50,10 +55,12 @@ class PruneResult:
         )
         lines = [
             f"{self.method} / {self.granularity} / {self.scope} scope, {goal}: "
-            f"{self.sparsity_achieved:.2%} of {self.params_targeted:,} targeted weights are zero "
-            f"({self.nonzero_before:,} -> {self.nonzero_after:,} nonzero), "
+            f"{self.sparsity_achieved:.2%} of {self.params_targeted:,} targeted {self.unit}s pruned "
+            f"({self.nonzero_before:,} -> {self.nonzero_after:,} left), "
             f"relative sparsity {self.relative_sparsity:.2%}, {self.seconds:.2f} s"
         ]
+        if self.params_before is not None:
+            lines.append(f"  parameters {self.params_before:,} -> {self.params_after:,}")
         for name, layer_sparsity in self.layer_sparsity.items():
             lines.append(f"  {name:<40} {layer_sparsity:7.2%}")
         return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""Hybrid pruning: remove whole units first (real speed), then zero weights in what remains."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.masking import named_effective_parameters
+from prunekit.pruner import prune
+from prunekit.stats import LossFn
+from prunekit.targets import ExcludeItem, resolve_targets
+from prunekit.types import PruneResult
+
+
+def default_structured_granularity(model: nn.Module) -> str:
+    """``"channel"`` for models with convolutions, else ``"neuron"``.
+
+    >>> default_structured_granularity(nn.Sequential(nn.Linear(2, 2)))
+    'neuron'
+    """
+    has_conv = any(isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for module in model.modules())
+    return "channel" if has_conv else "neuron"
+
+
+def _nonzero_weights(model: nn.Module, exclude: Iterable[ExcludeItem]) -> tuple[int, int]:
+    effective = dict(named_effective_parameters(model))
+    targets = resolve_targets(model, exclude)
+    return (sum(effective[name].numel() for name in targets),
+            sum(int(torch.count_nonzero(effective[name])) for name in targets))
+
+
+def prune_hybrid(
+    model: nn.Module,
+    unit_method: str,
+    unit_sparsity: float,
+    weight_method: str,
+    weight_sparsity: float,
+    example_inputs: torch.Tensor,
+    granularity: str | None = None,
+    scope: str = "global",
+    data: Iterable | None = None,
+    loss_fn: LossFn | None = None,
+    exclude: Iterable[ExcludeItem] = (),
+    seed: int = 0,
+) -> PruneResult:
+    """Structured removal to `unit_sparsity`, then unstructured pruning of the remaining weights
+    to `weight_sparsity`, each with its own criterion; one combined result.
+
+    ``result.sparsity_achieved`` is the share of the dense model's targeted weights that are gone
+    (removed with their unit, or zeroed).
+
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    >>> result = prune_hybrid(model, "l1", 0.5, "magnitude", 0.5, torch.ones(1, 8))
+    >>> model[0].out_features, round(result.sparsity_achieved, 2)
+    (8, 0.75)
+    """
+    if granularity is None:
+        granularity = default_structured_granularity(model)
+    if granularity not in ("neuron", "channel", "lstm-unit"):
+        raise PrunekitError(f"hybrid pruning removes neurons, channels or lstm-units first, not '{granularity}'")
+    exclude = tuple(exclude)
+    start = time.perf_counter()
+    targeted_dense, nonzero_dense = _nonzero_weights(model, exclude)
+    # the structured step validates everything it is given before the model is touched
+    structured = prune(model, method=unit_method, sparsity=unit_sparsity, granularity=granularity, scope=scope,
+                       data=data, loss_fn=loss_fn, example_inputs=example_inputs, exclude=exclude, seed=seed)
+    weights = prune(model, method=weight_method, sparsity=weight_sparsity, scope=scope, data=data,
+                    loss_fn=loss_fn, exclude=exclude, seed=seed)
+    _, nonzero_after = _nonzero_weights(model, exclude)
+    return PruneResult(
+        method=f"{unit_method}+{weight_method}", granularity="hybrid", scope=scope,
+        sparsity_target=weight_sparsity, threshold=None, targets=weights.targets,
+        params_targeted=targeted_dense, nonzero_before=nonzero_dense, nonzero_after=nonzero_after,
+        relative_sparsity=weights.relative_sparsity, seconds=time.perf_counter() - start,
+        layer_sparsity={**{f"{name} ({granularity})": value for name, value in structured.layer_sparsity.items()},
+                        **weights.layer_sparsity},
+        masks=weights.masks, unit="weight", params_before=structured.params_before,
+        params_after=structured.params_after, shrink_record=structured.shrink_record,
+    )
