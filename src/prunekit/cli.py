@@ -57,27 +57,43 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     _run_and_report(config, args.out)
 
 
+DEMO_METHODS = (
+    "unstructured:magnitude@0.9",
+    "unstructured:random@0.9",
+    "neuron:taylor@0.5",
+    "channel:l1@0.5",
+    "hybrid:l1@0.5+magnitude@0.8",
+)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from prunekit.harness import CompareConfig
 
-    print("prunekit demo: LeNet-300-100 on the bundled MNIST-5k subset (3,500 train / 1,000 test).")
-    print("One dense baseline is trained (cached after the first run); each method prunes a copy of it")
-    print("globally and fine-tunes it for 2 epochs with the masks kept.\n")
+    print("prunekit demo: LeNet-5 on the bundled MNIST-5k subset (3,500 train / 1,000 test).")
+    print("One dense baseline is trained (cached after the first run). Each method prunes a copy of it and")
+    print("fine-tunes it for 2 epochs: weights (90% zeroed), neurons (50% of fc1 removed), channels (50% of")
+    print("conv filters removed), and hybrid (50% channels removed, then 80% of the remaining weights zeroed).")
+    print("Params, MACs and latency are measured on the deployed model (masks baked, units removed).\n")
     config = CompareConfig(
-        model="lenet300", dataset="mnist5k", methods=("magnitude", "taylor", "random"),
-        sparsities=(0.9, 0.95), scope="global", seeds=(0,), finetune_epochs=2,
-        cache_dir=args.cache_dir, progress=not args.no_progress,
+        model="lenet5", dataset="mnist5k", methods=DEMO_METHODS, sparsities=(), scope="layer",
+        seeds=(0,), finetune_epochs=2, cache_dir=args.cache_dir, progress=not args.no_progress,
     )
     _run_and_report(config, args.out)
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
     from prunekit.criteria import WEIGHT_CRITERIA
+    from prunekit.criteria.structured import UNIT_CRITERIA
 
     print("granularity 'unstructured' (individual weights):")
     for criterion in WEIGHT_CRITERIA.values():
         needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
-        print(f"  {criterion.name:<14} {criterion.description}{needs}")
+        print(f"  {criterion.name:<20} {criterion.description}{needs}")
+    print("\nstructured granularities (whole units, physically removed):")
+    for criterion in UNIT_CRITERIA.values():
+        needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
+        print(f"  {criterion.name:<20} {criterion.description}  ({', '.join(criterion.granularities)}){needs}")
+    print("\nhybrid: 'hybrid:<unit method>@<unit sparsity>+<weight method>' in 'prunekit compare --methods'")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
