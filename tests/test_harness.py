@@ -15,7 +15,7 @@ REQUIRED = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     config = CompareConfig("lenet300", "digits", ("magnitude", "random"), (0.5, 0.9), scope="global",
-                           seeds=(0,), finetune_epochs=1, train_epochs=3, batch_size=16,
+                           seeds=(0,), finetune_epochs=2, train_epochs=15, batch_size=16,
                            cache_dir=str(tmp_path_factory.mktemp("cache")), progress=False)
     return config, run_compare(config)
 

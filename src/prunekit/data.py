@@ -16,7 +16,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from prunekit.errors import PrunekitError, unknown_name
 
@@ -135,12 +135,49 @@ def load_dataset(name: str, split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpli
     return DatasetSplits(name, parts["train"], parts["val"], parts["test"], spec.image_shape, spec.num_classes)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A single-process ``DataLoader`` whose shuffling order is fixed by `seed`.
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by its own random whole-pixel offset in [-max_shift, max_shift], zero-filled.
 
-    The loader owns a ``torch.Generator`` seeded once here: iterating it again continues that
-    generator (a new order each epoch, the same sequence of orders for the same seed). Build a
-    new loader to replay from the first epoch.
+    A cheap augmentation that helps small training sets (3,500 MNIST images) a lot.
+
+    >>> image = torch.zeros(1, 1, 3, 3); image[0, 0, 1, 1] = 1.0
+    >>> shifted = random_shift(image, 1, torch.Generator().manual_seed(0))
+    >>> float(shifted.sum()), shifted.shape
+    (1.0, torch.Size([1, 1, 3, 3]))
+    """
+    if max_shift == 0:
+        return images
+    batch, channels, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, batch), generator=generator)
+    # offset max_shift = unshifted; gather each image's window out of its padded copy
+    rows = (torch.arange(height)[None, :] + offsets[0][:, None])[:, None, :, None]
+    cols = (torch.arange(width)[None, :] + offsets[1][:, None])[:, None, None, :]
+    batch_index = torch.arange(batch)[:, None, None, None]
+    channel_index = torch.arange(channels)[None, :, None, None]
+    return padded[batch_index, channel_index, rows, cols]
+
+
+class _ShiftCollate:
+    """Collate a batch, then shift its images with the loader's own seeded generator."""
+
+    def __init__(self, max_shift: int, generator: torch.Generator) -> None:
+        self.max_shift = max_shift
+        self.generator = generator
+
+    def __call__(self, examples: list) -> list:
+        images, *rest = default_collate(examples)
+        return [random_shift(images, self.max_shift, self.generator), *rest]
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                augment_shift: int = 0) -> DataLoader:
+    """A single-process ``DataLoader`` whose shuffling (and augmentation) is fixed by `seed`.
+
+    The loader owns ``torch.Generator``-s seeded once here: iterating it again continues them (a
+    new order each epoch, the same sequence of orders for the same seed). Build a new loader to
+    replay from the first epoch. ``augment_shift > 0`` moves every training image by a random
+    offset of up to that many pixels (see :func:`random_shift`); leave it 0 for evaluation.
 
     >>> loader = make_loader(load_dataset("digits").test, batch_size=64, shuffle=True, seed=1)
     >>> next(iter(loader))[0].shape
@@ -148,5 +185,12 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0)
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise PrunekitError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not isinstance(augment_shift, int) or isinstance(augment_shift, bool) or augment_shift < 0:
+        raise PrunekitError(f"augment_shift must be an int >= 0 (pixels); got {augment_shift!r}")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+    collate = default_collate
+    if augment_shift:
+        # a generator of its own, so augmenting does not change the shuffling order
+        collate = _ShiftCollate(augment_shift, torch.Generator().manual_seed(seed + 1))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0,
+                      collate_fn=collate)

@@ -30,7 +30,8 @@ from prunekit.pruner import prune
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 
 
-#: Fine-tuning uses the model's training learning rate times this factor.
+#: Fine-tuning uses the model's training recipe (optimizer, schedule, augmentation) with its
+#: learning rate times this factor; the unaugmented loader feeds data-driven criteria.
 FINETUNE_LR_FACTOR = 0.3
 
 
@@ -109,11 +110,14 @@ def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int
     example, latency_batch = tensors
     model = copy.deepcopy(baseline.model)
     result = _prune_for_spec(model, spec, sparsity, config, seed, train_loader, example)
-    train_config = default_train_config(config.model)
+    train_config = default_train_config(config.model, config.dataset)
     lr = config.finetune_lr if config.finetune_lr is not None else train_config.lr * FINETUNE_LR_FACTOR
     if config.finetune_epochs > 0:
-        train(model, train_loader, epochs=config.finetune_epochs, lr=lr, optimizer=train_config.optimizer,
-              seed=seed, progress=config.progress)
+        finetune_loader = make_loader(train_loader.dataset, train_config.batch_size, shuffle=True, seed=seed,
+                                      augment_shift=train_config.augment_shift)
+        train(model, finetune_loader, epochs=config.finetune_epochs, lr=lr, optimizer=train_config.optimizer,
+              weight_decay=train_config.weight_decay, lr_schedule=train_config.lr_schedule, seed=seed,
+              progress=config.progress)
     deployed = _deployed(model)
     latency_dense, latency = paired_latency(baseline.model, deployed, latency_batch)
     return {
@@ -162,7 +166,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
             raise PrunekitError(f"every sparsity must lie in [0, 1); got {sparsity}")
     specs = [parse_method_spec(text, config.granularity) for text in config.methods]
     splits = load_dataset(config.dataset)
-    train_config = default_train_config(config.model)
+    train_config = default_train_config(config.model, config.dataset)
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
     example = splits.test.tensors[0][:2]
     latency_batch = splits.test.tensors[0][: config.batch_size]

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from prunekit.data import load_dataset, make_loader
+from prunekit.data import DatasetSplits, list_datasets, load_dataset, make_loader
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.io import atomic_save
 from prunekit.zoo import build_model, list_models
@@ -48,31 +49,49 @@ class TrainConfig:
     optimizer: str = "adam"
     batch_size: int = 64
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # or "cosine": anneal to 0 over the run, per step
+    augment_shift: int = 0  # random whole-pixel shifts of training images, see data.random_shift
 
 
-# Recipes measured on mnist5k (3,500 training images, 2 CPU cores); see the module's tests and
-# the benchmarks for the accuracies they reach.
-_DEFAULT_CONFIGS = {
-    "lenet300": TrainConfig(epochs=10, lr=1e-3),
-    "lenet5": TrainConfig(epochs=8, lr=1e-3),
-    "vgg-small": TrainConfig(epochs=6, lr=2e-3),
-    "resnet20": TrainConfig(epochs=6, lr=2e-3),
-    "lstm": TrainConfig(epochs=12, lr=2e-3),
-    "transformer-tiny": TrainConfig(epochs=20, lr=1e-3),
-}
+# Recipes tuned on mnist5k (3,500 training images) with seed 0 on 2 CPU cores: Adam, batch 64,
+# cosine decay, random shifts of up to 2 pixels (worth +2 points for lenet300, +0.5 for lenet5).
+# Test accuracy / seconds per epoch measured there: lenet300 95.7% / 0.3 s, lenet5 97.8% / 1.4 s,
+# vgg-small 98.0% / 3 s, resnet20 97.8% / 12 s, lstm 95.3% / 1 s, transformer-tiny 95.2% / 1.3 s.
+_DEFAULT_CONFIGS = MappingProxyType({
+    "lenet300": TrainConfig(epochs=40, lr=1e-3, lr_schedule="cosine", augment_shift=2),
+    "lenet5": TrainConfig(epochs=20, lr=1e-3, lr_schedule="cosine", augment_shift=2),
+    "vgg-small": TrainConfig(epochs=10, lr=2e-3, lr_schedule="cosine", augment_shift=2),
+    "resnet20": TrainConfig(epochs=10, lr=2e-3, lr_schedule="cosine", augment_shift=2),
+    "lstm": TrainConfig(epochs=20, lr=2e-3, lr_schedule="cosine", augment_shift=1),
+    "transformer-tiny": TrainConfig(epochs=30, lr=2e-3, lr_schedule="cosine", augment_shift=2),
+})
+
+# per-dataset changes to the mnist5k recipes above
+_DATASET_OVERRIDES = MappingProxyType({
+    "mnist5k": MappingProxyType({}),
+    "digits": MappingProxyType({"augment_shift": 0}),  # 2 pixels is a quarter of an 8x8 image
+})
 
 _OPTIMIZERS = ("adam", "sgd")
+_LR_SCHEDULES = ("constant", "cosine")
 
 
-def default_train_config(model_name: str) -> TrainConfig:
-    """The default training recipe for a zoo model.
+def default_train_config(model_name: str, dataset_name: str = "mnist5k") -> TrainConfig:
+    """The default training recipe for a zoo model on a bundled dataset.
+
+    The recipes are tuned on mnist5k; on the 8x8 digits the random-shift augmentation is turned
+    off (two pixels is a quarter of the image there).
 
     >>> default_train_config("lenet300").optimizer
     'adam'
+    >>> default_train_config("lenet300", "digits").augment_shift
+    0
     """
     if model_name not in _DEFAULT_CONFIGS:
         raise unknown_name("model", model_name, list_models())
-    return _DEFAULT_CONFIGS[model_name]
+    if dataset_name not in _DATASET_OVERRIDES:
+        raise unknown_name("dataset", dataset_name, list_datasets())
+    return replace(_DEFAULT_CONFIGS[model_name], **_DATASET_OVERRIDES[dataset_name])
 
 
 def cross_entropy_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -96,20 +115,24 @@ def _make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-def _validate_train_args(model: nn.Module, loader: DataLoader, epochs: int, lr: float, optimizer: str) -> None:
+def _validate_train_args(model: nn.Module, loader: DataLoader, epochs: int, lr: float, optimizer: str,
+                         lr_schedule: str) -> None:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise PrunekitError(f"epochs must be an int >= 0; got {epochs!r}")
     if not lr > 0:
         raise PrunekitError(f"lr must be a positive number; got {lr!r}")
     if optimizer not in _OPTIMIZERS:
         raise unknown_name("optimizer", optimizer, _OPTIMIZERS)
+    if lr_schedule not in _LR_SCHEDULES:
+        raise unknown_name("lr_schedule", lr_schedule, _LR_SCHEDULES)
     if next(model.parameters(), None) is None:
         raise PrunekitError("the model has no parameters to train")
     if len(loader) == 0:
         raise PrunekitError("the training loader yields no batches; pass a non-empty dataset")
 
 
-def _train_epoch(model, loader, optimizer, loss_fn: LossFn, progress_bar_title: str, progress: bool) -> float:
+def _train_epoch(model, loader, optimizer, scheduler, loss_fn: LossFn, progress_bar_title: str,
+                 progress: bool) -> float:
     """One pass over `loader`; returns the mean loss over examples."""
     device = _model_device(model)
     total_loss, total_examples = 0.0, 0
@@ -124,6 +147,8 @@ def _train_epoch(model, loader, optimizer, loss_fn: LossFn, progress_bar_title: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total_loss += loss.item() * len(targets)
         total_examples += len(targets)
         batches.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
@@ -138,6 +163,7 @@ def train(
     lr: float = 1e-3,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    lr_schedule: str = "constant",
     seed: int = 0,
     progress: bool = True,
     val_loader: DataLoader | None = None,
@@ -147,7 +173,8 @@ def train(
 
     Seeds torch's global RNG with `seed` first; with a loader from
     :func:`prunekit.data.make_loader` two runs from the same weights, seed and fresh loader give
-    bit-identical weights on CPU. `optimizer` is ``"adam"`` or ``"sgd"`` (momentum 0.9).
+    bit-identical weights on CPU. `optimizer` is ``"adam"`` or ``"sgd"`` (momentum 0.9);
+    `lr_schedule` ``"cosine"`` anneals the learning rate from `lr` to 0 over all steps of the run.
     `loss_fn(model, inputs, targets)` replaces the default cross-entropy (e.g. for distillation).
     Each entry holds ``epoch``, ``loss`` (mean training loss), ``seconds`` and, with a
     `val_loader`, ``val_accuracy``. The model is left in train mode.
@@ -160,15 +187,19 @@ def train(
     >>> sorted(history[0])
     ['epoch', 'loss', 'seconds']
     """
-    _validate_train_args(model, loader, epochs, lr, optimizer)
+    _validate_train_args(model, loader, epochs, lr, optimizer, lr_schedule)
     loss_fn = cross_entropy_loss if loss_fn is None else loss_fn
     torch.manual_seed(seed)
     optimizer_instance = _make_optimizer(model, optimizer, lr, weight_decay)
+    scheduler = None
+    if lr_schedule == "cosine" and epochs > 0:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer_instance, T_max=epochs * len(loader))
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        mean_loss = _train_epoch(model, loader, optimizer_instance, loss_fn, f"epoch {epoch}/{epochs}", progress)
+        mean_loss = _train_epoch(model, loader, optimizer_instance, scheduler, loss_fn, f"epoch {epoch}/{epochs}",
+                                 progress)
         entry = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - start}
         if val_loader is not None:
             entry["val_accuracy"] = evaluate(model, val_loader)
@@ -223,7 +254,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR)
 
 
-def baseline_path(model_name: str, dataset_name: str, seed: int, epochs: int, cache_dir: str | Path | None = None) -> Path:
+def baseline_path(model_name: str, dataset_name: str, seed: int, epochs: int,
+                  cache_dir: str | Path | None = None) -> Path:
     """The cache file of one baseline: ``{cache_dir}/{model}-{dataset}-s{seed}-e{epochs}.pt``.
 
     >>> baseline_path("lenet300", "digits", 0, 5, "cache").as_posix()
@@ -246,24 +278,24 @@ def _load_cached(path: Path, model: nn.Module, config: TrainConfig) -> dict[str,
     return payload["meta"]
 
 
-def _train_baseline(model: nn.Module, model_name: str, dataset_name: str, seed: int,
+def _train_baseline(model: nn.Module, model_name: str, splits: DatasetSplits, seed: int,
                     config: TrainConfig, progress: bool) -> dict[str, Any]:
-    splits = load_dataset(dataset_name)
-    train_loader = make_loader(splits.train, config.batch_size, shuffle=True, seed=seed)
+    train_loader = make_loader(splits.train, config.batch_size, shuffle=True, seed=seed,
+                               augment_shift=config.augment_shift)
     start = time.perf_counter()
     train(model, train_loader, config.epochs, lr=config.lr, optimizer=config.optimizer,
-          weight_decay=config.weight_decay, seed=seed, progress=progress)
+          weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, seed=seed, progress=progress)
     train_seconds = time.perf_counter() - start
     return {
         "model": model_name,
-        "dataset": dataset_name,
+        "dataset": splits.name,
         "seed": seed,
         "epochs": config.epochs,
         "accuracy": evaluate(model, make_loader(splits.test, EVAL_BATCH_SIZE, shuffle=False)),
         "val_accuracy": evaluate(model, make_loader(splits.val, EVAL_BATCH_SIZE, shuffle=False)),
         "train_seconds": train_seconds,
         "config": asdict(config),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # TorchVersion would not load with weights_only=True
     }
 
 
@@ -289,17 +321,19 @@ def get_baseline(
     >>> meta["epochs"], 0.0 <= meta["accuracy"] <= 1.0
     (1, True)
     """
-    config = default_train_config(model_name)
-    splits = load_dataset(dataset_name)  # validates the name before any training
+    config = default_train_config(model_name, dataset_name)  # validates both names before training
+    splits = load_dataset(dataset_name)
     if epochs is not None:
         config = replace(config, epochs=epochs)
     if not isinstance(config.epochs, int) or isinstance(config.epochs, bool) or config.epochs < 1:
         raise PrunekitError(f"epochs must be an int >= 1 (or None for the default); got {epochs!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise PrunekitError(f"seed must be an int >= 0 (it names the cache file); got {seed!r}")
     torch.manual_seed(seed)
     model = build_model(model_name, splits.input_shape, splits.num_classes)
     path = baseline_path(model_name, dataset_name, seed, config.epochs, cache_dir)
     meta = _load_cached(path, model, config) if path.is_file() else None
     if meta is None:
-        meta = _train_baseline(model, model_name, dataset_name, seed, config, progress)
+        meta = _train_baseline(model, model_name, splits, seed, config, progress)
         atomic_save({"state_dict": model.state_dict(), "meta": meta}, path)
     return model.eval(), meta

