@@ -6,7 +6,7 @@ Targets (3 seeds, mean):
   - LeNet-5: drop <= 0.5 pt at 90%.
   - achieved sparsity equals the target to within one weight (global scope).
 
-Run:  .venv/bin/python benchmarks/unstructured_mnist.py   (about 10 minutes on 2 cores)
+Run:  .venv/bin/python benchmarks/unstructured_mnist.py   (about 5 minutes on 2 cores)
 Writes benchmarks/results/unstructured_mnist.json and .md (the committed results).
 """
 
@@ -50,15 +50,18 @@ def _checks(runs: list[dict]) -> list[tuple[str, bool, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=20)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     started = time.perf_counter()
     configs = [
-        CompareConfig("lenet300", "mnist5k", ("magnitude", "random", "taylor", "normalized"), (0.9, 0.95),
-                      scope="global", seeds=seeds, finetune_epochs=args.finetune_epochs, progress=False),
-        CompareConfig("lenet5", "mnist5k", ("magnitude", "random"), (0.9, 0.95),
-                      scope="global", seeds=seeds, finetune_epochs=args.finetune_epochs, progress=False),
+        CompareConfig("lenet300", "mnist5k", ("magnitude@0.9", "magnitude@0.95", "random@0.9"), (),
+                      scope="global", seeds=seeds, finetune_epochs=args.finetune_epochs,
+                      finetune_lr=args.finetune_lr, progress=False),
+        CompareConfig("lenet5", "mnist5k", ("magnitude@0.9",), (),
+                      scope="global", seeds=seeds, finetune_epochs=args.finetune_epochs,
+                      finetune_lr=args.finetune_lr, progress=False),
     ]
     runs = []
     for config in configs:
@@ -68,7 +71,7 @@ def main() -> None:
     checks = _checks(runs)
     lines = ["# Unstructured pruning on MNIST-5k", "",
              f"Command: `.venv/bin/python benchmarks/unstructured_mnist.py` (seeds {args.seeds}, "
-             f"{args.finetune_epochs} fine-tune epochs, global scope, all layers incl. classifier pruned). "
+             f"{args.finetune_epochs} fine-tune epochs at lr {args.finetune_lr:g} (cosine), global scope, all layers incl. classifier pruned). "
              f"Wall time {time.perf_counter() - started:.0f} s on this machine.", "",
              "Accuracy on the 1,000-image test split, mean over seeds; latency of the baked model at batch 64 "
              "(unstructured zeros do not speed up dense kernels; that is the structured issue's job).", "",
