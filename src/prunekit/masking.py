@@ -182,14 +182,3 @@ def bake(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(module):
             _bake_module(module)
     return model
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with masks applied and plain keys, without touching `model`."""
-    state = {}
-    buffers = {f"{n}": b for n, b in model.named_buffers() if ".parametrizations." not in n}
-    for fqn, tensor in named_effective_parameters(model):
-        state[fqn] = tensor.detach().clone()
-    for fqn, tensor in buffers.items():
-        state[fqn] = tensor.detach().clone()
-    return state
