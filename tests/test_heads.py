@@ -8,14 +8,10 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import ShrinkRecord, unit_masks_to_param_masks
-from prunekit.graph.heads import (
-    PrunedMultiheadAttention,
-    find_head_groups,
-    head_output_norms,
-    replay_heads,
-    shrink_heads,
-)
+from prunekit.graph import replay, unit_masks_to_param_masks
+from prunekit.graph.attention import PrunedMultiheadAttention
+from prunekit.graph.head_stats import head_output_norms
+from prunekit.graph.heads import find_head_groups, shrink_heads
 from prunekit.masking import apply_masks, bake
 from prunekit.zoo import build_model
 
@@ -80,7 +76,7 @@ def test_tiny_masked_equals_shrunk(train):
     record = shrink_heads(shrunk, keep, groups)
     removed = sum(int((~k).sum()) for k in keep.values())
     assert removed > 0 and n_params(model) - n_params(shrunk) == removed * TINY_HEAD_PARAMS
-    assert [s["removed"] for s in record["steps"]] == [(~k).nonzero().flatten().tolist() for k in keep.values()]
+    assert [s["removed"] for s in record.steps] == [(~k).nonzero().flatten().tolist() for k in keep.values()]
     for net in (model, masked, shrunk):
         net.train(train)
     with torch.no_grad():
@@ -97,8 +93,8 @@ def test_replay_on_fresh_model_is_bit_identical_and_json_safe():
     (group,) = find_head_groups(model, exclude=["layers.1"])
     assert group.num_units == 3
     second = shrink_heads(model, {group.name: torch.tensor([False, True, True])})
-    record = json.loads(json.dumps((ShrinkRecord.from_dict(first) + ShrinkRecord.from_dict(second)).to_dict()))
-    fresh = replay_heads(tiny(seed=1), record)
+    record = json.loads(json.dumps((first + second).to_dict()))
+    fresh = replay(tiny(seed=1), None, record)
     assert fresh.load_state_dict(model.state_dict(), strict=True) is not None
     assert fresh.layers[0].self_attn.num_heads == 2 and isinstance(fresh.layers[1].self_attn, nn.MultiheadAttention)
     for mode in (True, False):

@@ -14,9 +14,9 @@ from prunekit.graph.layers import (
     layer_masks,
     layers_removed,
     remove_layers,
-    replay_layers,
     score_layers,
 )
+from prunekit.graph import ShrinkRecord, replay
 from prunekit.masking import apply_masks
 from prunekit.zoo import build_model
 
@@ -74,7 +74,9 @@ def test_resnet20_removal_equals_masked_blocks_and_replays():
     masked = apply_masks(copy.deepcopy(model), masks)
     removed = copy.deepcopy(model)
     record = remove_layers(removed, names)
-    assert record == {"granularity": "layer", "removed": names}
+    assert record.steps == [
+        {"round": 0, "group": name, "granularity": "layer", "num_units": 1, "removed": [0]} for name in names
+    ]
     assert all(isinstance(removed.get_submodule(name), SkippedBlock) for name in names)
     with torch.no_grad():
         expected, got = masked(x), removed(x)
@@ -83,7 +85,7 @@ def test_resnet20_removal_equals_masked_blocks_and_replays():
     params = sum(p.numel() for name in names for p in model.get_submodule(name).parameters())
     assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in removed.parameters()) == params
 
-    fresh = replay_layers(resnet20(seed=1), json.loads(json.dumps(record)))
+    fresh = replay(resnet20(seed=1), None, json.loads(json.dumps(record.to_dict())))
     fresh.load_state_dict(removed.state_dict(), strict=True)
     assert torch.equal(fresh(x), got)
 
@@ -116,8 +118,9 @@ def test_bad_names_are_refused_and_model_unchanged():
         remove_layers(model, RESNET20_IDENTITY_BLOCKS)
     with pytest.raises(PrunekitError, match="needs removable blocks"):
         remove_layers(build_model("lenet300", (1, 8, 8), 10), ["fc1"])
-    with pytest.raises(PrunekitError, match="not a layer record"):
-        replay_layers(model, {"granularity": "head", "removed": ["layer1.1"]})
+    bad_step = {"round": 0, "group": "layer2.0", "granularity": "layer", "num_units": 1, "removed": [0]}
+    with pytest.raises(PrunekitError, match="'layer2.0' .* this model has no such group; replay needs a fresh"):
+        replay(model, None, ShrinkRecord([bad_step]))
     assert same_state(model, before) and repr(model) == repr(before)
 
 

@@ -6,10 +6,42 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, unknown_name
 from prunekit.masking import named_effective_parameters, split_name
 
 ExcludeItem = str | type[nn.Module]
+
+
+def _check_exclude_items(exclude: list) -> None:
+    for item in exclude:
+        if not isinstance(item, (str, type)):
+            raise PrunekitError(
+                f"exclude item {item!r} is neither a layer name nor a module type; "
+                "pass names such as 'classifier' or types such as torch.nn.Linear"
+            )
+
+
+def excluded_module_names(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> set[str]:
+    """Dotted names of the modules `exclude` covers: named modules with everything inside them,
+    and every module of a listed type. A name that matches no module is an error.
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
+    >>> sorted(excluded_module_names(model, ["1"])), sorted(excluded_module_names(model, [nn.ReLU]))
+    (['1', '1.0', '1.1'], ['1.0'])
+    """
+    exclude = [exclude] if isinstance(exclude, (str, type)) else list(exclude)
+    _check_exclude_items(exclude)
+    names = [name for name, _ in model.named_modules()]
+    excluded: set[str] = set()
+    for item in exclude:
+        if isinstance(item, type):
+            excluded.update(name for name, module in model.named_modules() if isinstance(module, item))
+            continue
+        hits = [name for name in names if name == item or name.startswith(item + ".")]
+        if not hits:
+            raise unknown_name("layer to exclude", item, [name for name in names if name])
+        excluded.update(hits)
+    return excluded
 
 
 def _prunable_weight_names(module: nn.Module) -> list[str]:
@@ -45,12 +77,7 @@ def resolve_targets(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> li
     ['0.weight']
     """
     exclude = list(exclude)
-    for item in exclude:
-        if not isinstance(item, (str, type)):
-            raise PrunekitError(
-                f"exclude item {item!r} is neither a layer name nor a module type; "
-                "pass names such as 'classifier' or types such as torch.nn.Linear"
-            )
+    _check_exclude_items(exclude)
     present = {name for name, _ in named_effective_parameters(model)}
     candidates: list[tuple[str, nn.Module, str]] = []
     for module_name, module in model.named_modules():

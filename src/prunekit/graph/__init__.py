@@ -3,6 +3,9 @@
     find_unit_groups -> score members -> keep_units -> unit_masks_to_param_masks (masked model)
                                                     -> shrink -> ShrinkRecord -> replay (rebuild)
 
+Heads (heads.py: find_head_groups, shrink_heads) and whole blocks (layers.py:
+find_layer_candidates, remove_layers) return the same ShrinkRecord, and ``replay`` rebuilds any mix.
+
 >>> import torch
 >>> from torch import nn
 >>> model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -15,7 +18,9 @@
 """
 
 from prunekit.graph.masks import unit_masks_to_param_masks, validate_keep_units
-from prunekit.graph.shrink import ShrinkRecord, replay, shrink
+from prunekit.graph.rebuild import replay
+from prunekit.graph.record import ShrinkRecord
+from prunekit.graph.shrink import shrink
 from prunekit.graph.types import GRANULARITIES, Member, UnitGroup
 from prunekit.graph.units import find_unit_groups
 

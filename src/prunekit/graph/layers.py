@@ -3,7 +3,7 @@
 Pipeline position: ``find_layer_candidates`` lists the units (blocks, by dotted name);
 ``score_layers`` is a data-driven criterion (quality lost when one block is skipped);
 ``layer_masks`` is the masked equivalent where one exists; ``remove_layers`` removes blocks and
-returns a JSON-ready record that ``replay_layers`` applies to a fresh model.
+returns a ``ShrinkRecord`` that ``prunekit.graph.replay`` applies to a fresh model.
 
 Supported blocks (nothing else is offered):
 
@@ -25,7 +25,6 @@ model still saves and reloads with plain ``save_pretrained`` / ``from_pretrained
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError, unknown_name
+from prunekit.graph.record import ShrinkRecord, step_keep_mask
 from prunekit.masking import named_effective_parameters
 
 GRANULARITY = "layer"
@@ -197,6 +197,15 @@ def _resolve(model: nn.Module, names: Iterable[str]) -> list[_Block]:
     return [blocks[name] for name in chosen]
 
 
+def check_layer_removal(model: nn.Module, names: Iterable[str]) -> None:
+    """Raise PrunekitError unless the named blocks can be removed together (see remove_layers).
+
+    >>> from prunekit.zoo import build_model
+    >>> check_layer_removal(build_model("resnet20", (3, 8, 8), 10), ["layer1.1", "layer3.2"])
+    """
+    _resolve(model, names)
+
+
 def _renumber(stack: nn.ModuleList, undo: list[Callable[[], None]]) -> None:
     for index, layer in enumerate(stack):
         for module in layer.modules():
@@ -278,49 +287,46 @@ def score_layers(
     return scores
 
 
-def remove_layers(model: nn.Module, names: Iterable[str]) -> dict:
-    """Remove the named blocks from `model` in place; returns a JSON-ready record for replay.
+def remove_layers(model: nn.Module, names: Iterable[str]) -> ShrinkRecord:
+    """Remove the named blocks from `model` in place; returns a ``ShrinkRecord`` for replay.
 
     Names come from ``find_layer_candidates`` and refer to the model as it is now. Everything is
-    validated first; removing every candidate (or emptying a transformer stack) is refused.
+    validated first; removing every candidate (or emptying a transformer stack) is refused. In
+    the record each removed block is one step ``{"group": name, "granularity": "layer",
+    "num_units": 1, "removed": [0]}``.
 
     >>> from prunekit.zoo import build_model
     >>> model = build_model("resnet20", (3, 8, 8), 10)
-    >>> remove_layers(model, ["layer1.1", "layer3.2"])
-    {'granularity': 'layer', 'removed': ['layer1.1', 'layer3.2']}
+    >>> [step["group"] for step in remove_layers(model, ["layer1.1", "layer3.2"]).steps]
+    ['layer1.1', 'layer3.2']
     >>> model(torch.zeros(1, 3, 8, 8)).shape
     torch.Size([1, 10])
     """
     blocks = _resolve(model, names)
     _remove(model, blocks)
-    return {"granularity": GRANULARITY, "removed": [block.name for block in blocks]}
+    return ShrinkRecord([
+        {"round": 0, "group": block.name, "granularity": GRANULARITY, "num_units": 1, "removed": [0]}
+        for block in blocks
+    ])  # fmt: skip
 
 
-def replay_layers(model: nn.Module, record: Mapping | list[Mapping]) -> nn.Module:
-    """Apply a ``remove_layers`` record (or a list of them, in order) to a fresh model.
+def replay_layer_round(model: nn.Module, example_inputs: object, steps: list[dict], check: bool = True) -> None:
+    """Replay one round of layer steps of a ``ShrinkRecord`` (`example_inputs`, `check` unused).
 
     >>> from prunekit.zoo import build_model
     >>> model = build_model("resnet20", (3, 8, 8), 10)
     >>> record = remove_layers(model, ["layer2.2"])
-    >>> fresh = replay_layers(build_model("resnet20", (3, 8, 8), 10), record)
+    >>> fresh = build_model("resnet20", (3, 8, 8), 10)
+    >>> replay_layer_round(fresh, None, record.steps)
     >>> fresh.load_state_dict(model.state_dict())
     <All keys matched successfully>
     """
-    records = [record] if isinstance(record, Mapping) else list(record)
-    for item in records:
-        valid = isinstance(item, Mapping) and item.get("granularity") == GRANULARITY
-        if not valid or not isinstance(item.get("removed"), list):
-            raise PrunekitError(
-                "not a layer record: expected {'granularity': 'layer', 'removed': [names]}, "
-                f"got {item!r}"
-            )
-    if len(records) > 1:  # later records can only be checked after earlier ones ran: rehearse
-        rehearsal = copy.deepcopy(model)
-        for item in records:
-            remove_layers(rehearsal, item["removed"])
-    for item in records:
-        remove_layers(model, item["removed"])
-    return model
+    blocks = _blocks(model)
+    for step in steps:
+        keep = step_keep_mask(step, 1 if step["group"] in blocks else None)
+        if bool(keep.any()):
+            raise PrunekitError(f"layer step {step!r} removes nothing; a layer step removes unit 0")
+    remove_layers(model, [step["group"] for step in steps])
 
 
 def _residual_branch_norm(name: str, block: nn.Module) -> str:

@@ -34,6 +34,7 @@ from prunekit.graph.slices import (
 )
 from prunekit.graph.trace import TracedGraph, trace_graph
 from prunekit.graph.types import GRANULARITIES, UnitGroup
+from prunekit.targets import excluded_module_names
 
 logger = logging.getLogger(__name__)
 
@@ -58,22 +59,8 @@ def _granularity_of(module: nn.Module) -> str | None:
 
 
 def _resolve_exclude(model: nn.Module, exclude: Iterable[str | type]) -> set[nn.Module]:
-    excluded: set[nn.Module] = set()
-    for item in [exclude] if isinstance(exclude, (str, type)) else exclude:
-        if isinstance(item, type):
-            excluded.update(m for m in model.modules() if isinstance(m, item))
-        elif isinstance(item, str):
-            hits = [m for n, m in model.named_modules() if n == item or n.startswith(item + ".")]
-            if not hits:
-                names = [n for n, _ in model.named_modules() if n]
-                raise unknown_name("layer to exclude", item, names)
-            excluded.update(hits)
-        else:
-            raise PrunekitError(
-                f"exclude item {item!r} is neither a layer name nor a module type; "
-                "pass names such as 'classifier' or types such as torch.nn.Linear"
-            )
-    return excluded
+    names = excluded_module_names(model, exclude)
+    return {module for name, module in model.named_modules() if name in names}
 
 
 def _item_slices(name: str, module: nn.Module, is_out: bool, idxs, roots) -> list[SliceBatch]:

@@ -1,0 +1,107 @@
+"""Data-driven head statistics: how much each attention head contributes to its layer's output."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError, unknown_name
+from prunekit.graph.attention import AttentionMasks, PrunedMultiheadAttention, attention_context
+from prunekit.graph.heads import Attention, find_attentions
+from prunekit.graph.types import UnitGroup
+
+
+def _add_head_norms(totals: dict, attention: Attention, context: torch.Tensor) -> None:
+    """Accumulate the L2 norm of each head's contribution ``context_h @ W_out[:, h].T``."""
+    heads = attention.num_heads
+    weight = attention.out_proj.weight.detach().view(-1, heads, attention.head_dim)
+    per_head = context.detach().reshape(-1, heads, attention.head_dim)
+    norms = torch.einsum("thd,ehd->the", per_head, weight).norm(dim=-1)  # (tokens, heads)
+    total, count = totals.get(attention.name, (0.0, 0))
+    totals[attention.name] = (total + norms.sum(dim=0).cpu(), count + norms.shape[0])
+
+
+def _context_hook(attention: Attention, totals: dict):
+    if attention.qkv is not None or isinstance(attention.module, PrunedMultiheadAttention):
+        # the context is the output projection's input; nn.MultiheadAttention calls F.linear instead
+        return attention.out_proj.register_forward_pre_hook(
+            lambda _, args: _add_head_norms(totals, attention, args[0])
+        )
+    signature = inspect.signature(nn.MultiheadAttention.forward)
+
+    def recompute(module, args, kwargs, _output) -> None:
+        bound = signature.bind(module, *args, **kwargs).arguments
+        masks = AttentionMasks(
+            bound.get("attn_mask"), bound.get("key_padding_mask"), bound.get("is_causal", False)
+        )
+        with torch.no_grad():
+            inputs = bound["query"], bound["key"], bound["value"]
+            context, _ = attention_context(module, *inputs, masks)
+        _add_head_norms(totals, attention, context)
+
+    return attention.module.register_forward_hook(recompute, with_kwargs=True)
+
+
+@contextlib.contextmanager
+def recording_head_norms(model: nn.Module, groups: Iterable[UnitGroup]):
+    """Context manager yielding ``{group: (sum of head norms, token count)}`` filled by forwards.
+
+    Hooks are removed on exit. Hooks on ``self_attn`` also keep nn.TransformerEncoderLayer off
+    its fused fast path, which would bypass the attention module.
+    """
+    groups = list(groups)
+    attentions = {attention.name: attention for attention in find_attentions(model)}
+    missing = [group.name for group in groups if group.name not in attentions]
+    if missing:
+        raise unknown_name("attention (head group)", missing[0], attentions)
+    totals: dict = {}
+    handles = [_context_hook(attentions[group.name], totals) for group in groups]
+    try:
+        yield totals
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _call(model: nn.Module, inputs) -> None:
+    if isinstance(inputs, Mapping):
+        model(**inputs)
+    elif isinstance(inputs, tuple):
+        model(*inputs)
+    else:
+        model(inputs)
+
+
+def head_output_norms(
+    model: nn.Module, groups: Iterable[UnitGroup], inputs
+) -> dict[str, torch.Tensor]:
+    """Per head, the mean L2 norm of its contribution to the attention output (higher = matters).
+
+    A head's contribution at a token is its context vector times its output-projection columns
+    (the projection bias is shared, so left out). `inputs` is what the model is called with (a
+    tensor, a tuple of arguments, a dict of keyword arguments) or a list of those (batches).
+    Every token counts, padding included; the model runs in its current train/eval mode under
+    ``torch.no_grad``. Returns ``{group name: float tensor (num_heads,)}``.
+
+    >>> layer = nn.TransformerEncoderLayer(16, 4, batch_first=True).eval()
+    >>> from prunekit.graph.heads import find_head_groups
+    >>> groups = find_head_groups(layer)
+    >>> head_output_norms(layer, groups, torch.randn(2, 5, 16))["self_attn"].shape
+    torch.Size([4])
+    """
+    groups = list(groups)
+    batches = inputs if isinstance(inputs, list) else [inputs]
+    with recording_head_norms(model, groups) as totals, torch.no_grad():
+        for batch in batches:
+            _call(model, batch)
+    unseen = [group.name for group in groups if group.name not in totals]
+    if unseen:
+        raise PrunekitError(
+            f"attention '{unseen[0]}' did not run on the given inputs, so its heads cannot be "
+            "measured; pass inputs that reach every attention layer, or leave its group out"
+        )
+    return {name: total / count for name, (total, count) in totals.items()}
