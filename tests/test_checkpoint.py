@@ -71,3 +71,66 @@ def test_loading_missing_or_foreign_files_gives_clear_errors(tmp_path):
     garbage.write_bytes(b"not a zip file")
     with pytest.raises(PrunekitError, match="not a readable"):
         load_checkpoint(garbage)
+
+
+def _structured(model_name, granularity, method="l1", sparsity=0.5, **kwargs):
+    """A zoo model pruned structurally (physically), its ArchSpec and the removal record."""
+    torch.manual_seed(0)
+    arch = ArchSpec(model_name, (1, 8, 8), 10)
+    model = arch.build().eval()
+    result = prune(model, method=method, sparsity=sparsity, granularity=granularity,
+                   example_inputs=torch.zeros(2, 1, 8, 8), **kwargs)
+    return model, arch, result.shrink_record
+
+
+@pytest.mark.parametrize(
+    ("model_name", "granularity", "method"),
+    [("lenet300", "neuron", "l1"), ("resnet20", "channel", "l1"), ("lstm", "lstm-unit", "weight-norm"),
+     ("transformer-tiny", "head", "l2"), ("resnet20", "layer", "random"), ("transformer-tiny", "layer", "random")],
+)
+def test_structurally_pruned_checkpoint_reloads_bit_identical(tmp_path, model_name, granularity, method):
+    model, arch, record = _structured(model_name, granularity, method)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in arch.build().parameters())
+    inputs = torch.rand(5, 1, 8, 8)
+    path = save_checkpoint(tmp_path / "shrunk.pt", model, arch, record=record)
+    payload = torch.load(path, weights_only=True)
+    assert payload["version"] == 2 and payload["structure"]["steps"] == record.steps
+    loaded, info = load_checkpoint(path)
+    assert not info["masked"]
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(inputs), model(inputs))
+
+
+def test_shrunk_then_masked_model_and_records_of_two_calls_reload_bit_identical(tmp_path):
+    model, arch, first = _structured("resnet20", "channel", "l1", 0.25)
+    second = prune(model, method="random", sparsity=2 / 7, granularity="layer").shrink_record
+    prune(model, method="magnitude", sparsity=0.6, scope="global")  # hybrid: weights of what remains
+    path = save_checkpoint(tmp_path / "hybrid.pt", model, arch, record=first + second)
+    loaded, info = load_checkpoint(path)
+    inputs = torch.rand(5, 1, 8, 8)
+    assert info["masked"] and get_masks(loaded).keys() == get_masks(model).keys()
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(inputs), model(inputs))
+
+
+def test_saving_a_shrunk_model_without_its_record_is_refused_before_writing(tmp_path):
+    model, arch, record = _structured("lenet300", "neuron")
+    with pytest.raises(PrunekitError, match=r"does not match architecture 'lenet300' .*pass record="):
+        save_checkpoint(tmp_path / "m.pt", model, arch)
+    other = _structured("lenet300", "neuron", sparsity=0.25)[2]
+    with pytest.raises(PrunekitError, match="the record does not describe how this model was pruned"):
+        save_checkpoint(tmp_path / "m.pt", model, arch, record=other)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_1_checkpoints_still_load_and_unknown_versions_are_refused(tmp_path):
+    model = bake(_pruned_model()).eval()
+    path = save_checkpoint(tmp_path / "v1.pt", model, ARCH)
+    payload = torch.load(path, weights_only=True)
+    del payload["structure"]
+    torch.save({**payload, "version": 1}, path)
+    inputs = torch.rand(3, 1, 8, 8)
+    assert torch.equal(load_checkpoint(path)[0].eval()(inputs), model(inputs))
+    torch.save({**payload, "version": 9}, path)
+    with pytest.raises(PrunekitError, match="version 9; this prunekit reads versions 1, 2"):
+        load_checkpoint(path)

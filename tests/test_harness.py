@@ -69,3 +69,19 @@ def test_results_json_round_trip_and_table(runs, tmp_path):
     assert payload["runs"] == json.loads(json.dumps(results))
     table = format_table(results)
     assert "magnitude" in table and "random" in table and "90%" in table
+
+
+def test_head_and_layer_runs_report_the_shrunk_model_and_replay(tmp_path_factory):
+    from prunekit.checkpoint import ArchSpec
+    from prunekit.metrics import count_params
+
+    config = CompareConfig("transformer-tiny", "digits", ("head:l1@0.5", "layer:removal-cost@0.5"), (), seeds=(0,),
+                           finetune_epochs=0, train_epochs=1, batch_size=16,
+                           cache_dir=str(tmp_path_factory.mktemp("cache")), progress=False)
+    head, layer = run_compare(config)
+    assert (head["granularity"], layer["granularity"]) == ("head", "layer")
+    assert head["sparsity_achieved"] == 0.5 and layer["sparsity_achieved"] == 0.5  # 4 of 8 heads, 1 of 2 layers
+    for run in (head, layer):
+        rebuilt = ArchSpec("transformer-tiny", (1, 8, 8), 10).rebuild(run["shrink_record"])
+        assert run["params"] == count_params(rebuilt)[0] < run["params_dense"]
+        assert run["macs"] < run["macs_dense"]

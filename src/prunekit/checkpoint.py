@@ -2,18 +2,21 @@
 
 A checkpoint is a dict of plain types and tensors, loadable with ``torch.load(weights_only=True)``:
 
-    {"format": "prunekit-checkpoint", "version": 1,
+    {"format": "prunekit-checkpoint", "version": 2,
      "arch": {"model": "lenet300", "input_shape": [1, 28, 28], "num_classes": 10},
+     "structure": {...} or None,  # ShrinkRecord.to_dict(): units / heads / layers removed
      "state_dict": {...},   # plain parameter names; masked weights hold their stored values
      "masks": {...},        # keep-masks of a masked model ({} once baked)
      "meta": {...}}         # free-form JSON-like information (accuracy, method, ...)
 
-Reloading builds the architecture from the zoo, loads the tensors and re-attaches the masks,
-so outputs are bit-identical to the saved model's.
+Reloading builds the architecture from the zoo, replays the structural record (so the layers
+have the pruned shapes again), loads the tensors and re-attaches the masks, so outputs are
+bit-identical to the saved model's. Version 1 files (no "structure") still load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,13 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.graph import ShrinkRecord, replay
 from prunekit.io import atomic_save
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters, original_parameter
 
 FORMAT = "prunekit-checkpoint"
-VERSION = 1
+VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,17 @@ class ArchSpec:
 
         return build_model(self.model, tuple(self.input_shape), self.num_classes)
 
+    def example_inputs(self) -> torch.Tensor:
+        """A zero batch of two inputs, enough to trace the architecture."""
+        return torch.zeros(2, *self.input_shape)
+
+    def rebuild(self, record: ShrinkRecord | Mapping | None) -> nn.Module:
+        """A fresh instance with the structural removals of `record` replayed (None: dense)."""
+        model = self.build()
+        if record is not None and ShrinkRecord.from_dict(record).steps:
+            replay(model, self.example_inputs(), record, check=False)
+        return model
+
 
 def _stored_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     masks = get_masks(model)
@@ -56,21 +72,52 @@ def _stored_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, arch: ArchSpec, meta: dict[str, Any] | None = None) -> Path:
-    """Write `model` (masked or baked) to `path` atomically; returns the path.
+def _shape_mismatch(expected: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    reference = {name: tuple(t.shape) for name, t in _stored_state_dict(expected).items()}
+    given = {name: tuple(t.shape) for name, t in state.items()}
+    if reference == given:
+        return None
+    name = next(n for n in sorted(set(reference) | set(given)) if reference.get(n) != given.get(n))
+    return f"'{name}' is {given.get(name, 'absent')} in the model but {reference.get(name, 'absent')} in the rebuilt one"
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    arch: ArchSpec,
+    meta: dict[str, Any] | None = None,
+    record: ShrinkRecord | Mapping | None = None,
+) -> Path:
+    """Write `model` (masked, baked and/or structurally pruned) to `path` atomically.
+
+    `record` is the structural removal applied to the `arch` model (``result.shrink_record`` of
+    ``prunekit.prune`` with a structured granularity; add records of several calls with ``+``).
+    Before anything is written the architecture is rebuilt from `arch` and `record` and its
+    shapes compared with `model`'s, so a checkpoint that would not reload is refused.
 
     >>> import tempfile, os
+    >>> from prunekit import prune
     >>> from prunekit.zoo import build_model
     >>> model = build_model("lenet300", (1, 8, 8), 10)
-    >>> path = save_checkpoint(os.path.join(tempfile.mkdtemp(), "m.pt"), model, ArchSpec("lenet300", (1, 8, 8), 10))
+    >>> result = prune(model, "l1", 0.5, granularity="neuron", example_inputs=torch.zeros(2, 1, 8, 8))
+    >>> path = save_checkpoint(os.path.join(tempfile.mkdtemp(), "m.pt"), model,
+    ...                        ArchSpec("lenet300", (1, 8, 8), 10), record=result.shrink_record)
     >>> load_checkpoint(path)[0].fc1.weight.shape
-    torch.Size([300, 64])
+    torch.Size([150, 64])
     """
+    structure = ShrinkRecord.from_dict(record).to_dict() if record is not None else None
+    state = _stored_state_dict(model)
+    problem = _shape_mismatch(arch.rebuild(structure), state)
+    if problem is not None:
+        hint = ("pass record=<the PruneResult.shrink_record of the structured pruning>" if record is None
+                else "the record does not describe how this model was pruned")
+        raise PrunekitError(f"the model does not match architecture '{arch.model}' ({problem}); {hint}. Nothing was written")
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "arch": {**asdict(arch), "input_shape": list(arch.input_shape)},
-        "state_dict": _stored_state_dict(model),
+        "structure": structure,
+        "state_dict": state,
         "masks": get_masks(model),
         "meta": dict(meta or {}),
     }
@@ -91,8 +138,13 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"'{path}' is not a prunekit checkpoint (no 'format': '{FORMAT}' entry); "
             "save models with prunekit.save_checkpoint"
         )
+    if payload.get("version") not in _READABLE_VERSIONS:
+        raise PrunekitError(
+            f"'{path}' is a prunekit checkpoint of version {payload.get('version')!r}; this prunekit reads "
+            f"versions {', '.join(map(str, _READABLE_VERSIONS))}. Upgrade prunekit"
+        )
     arch = ArchSpec(payload["arch"]["model"], tuple(payload["arch"]["input_shape"]), payload["arch"]["num_classes"])
-    model = arch.build()
+    model = arch.rebuild(payload.get("structure"))
     model.load_state_dict(payload["state_dict"], strict=True)
     if payload["masks"]:
         apply_masks(model, payload["masks"])

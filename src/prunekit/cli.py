@@ -123,6 +123,8 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for the ``prunekit`` command."""
+    from prunekit.pruner import GRANULARITIES
+
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -132,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", type=_names, required=True, help="comma-separated, see 'prunekit methods'")
     compare.add_argument("--sparsity", type=_floats, required=True, help="comma-separated targets in [0, 1)")
     compare.add_argument("--scope", default="global", choices=("global", "layer"))
-    compare.add_argument("--granularity", default="unstructured")
+    compare.add_argument("--granularity", default="unstructured", choices=GRANULARITIES,
+                         help="for method specs without a 'granularity:' prefix")
     compare.add_argument("--seeds", type=_ints, default=(0,))
     compare.add_argument("--finetune-epochs", type=int, default=2)
     compare.add_argument("--finetune-lr", type=float, default=None)

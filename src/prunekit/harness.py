@@ -96,7 +96,11 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, ro
 
 
 def _prune_for_spec(model: nn.Module, spec: MethodSpec, sparsity: float, config: CompareConfig, seed: int,
-                    train_loader, example: torch.Tensor):
+                    data_loaders, example: torch.Tensor):
+    train_loader, val_loader = data_loaders
+    if spec.granularity == "layer":  # the cost of removing a block is measured on held-out data
+        return prune(model, method=spec.method, sparsity=sparsity, granularity="layer", data=val_loader,
+                     example_inputs=example, exclude=config.exclude, seed=seed)
     if spec.granularity == "hybrid":
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
                             scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed)
@@ -106,10 +110,10 @@ def _prune_for_spec(model: nn.Module, spec: MethodSpec, sparsity: float, config:
 
 def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
              loaders, tensors) -> dict:
-    train_loader, test_loader = loaders
+    train_loader, val_loader, test_loader = loaders
     example, latency_batch = tensors
     model = copy.deepcopy(baseline.model)
-    result = _prune_for_spec(model, spec, sparsity, config, seed, train_loader, example)
+    result = _prune_for_spec(model, spec, sparsity, config, seed, (train_loader, val_loader), example)
     train_config = default_train_config(config.model, config.dataset)
     lr = config.finetune_lr if config.finetune_lr is not None else train_config.lr * FINETUNE_LR_FACTOR
     if config.finetune_epochs > 0:
@@ -168,6 +172,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
     splits = load_dataset(config.dataset)
     train_config = default_train_config(config.model, config.dataset)
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
+    val_loader = make_loader(splits.val, batch_size=256, shuffle=False)
     example = splits.test.tensors[0][:2]
     latency_batch = splits.test.tensors[0][: config.batch_size]
     runs = []
@@ -179,7 +184,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
         train_loader = make_loader(splits.train, batch_size=train_config.batch_size, shuffle=True, seed=seed)
         for spec in specs:
             for sparsity in _runs_for(spec, config):
-                run = _one_run(config, spec, sparsity, seed, baseline, (train_loader, test_loader),
+                run = _one_run(config, spec, sparsity, seed, baseline, (train_loader, val_loader, test_loader),
                                (example, latency_batch))
                 runs.append(run)
                 if on_run is not None:

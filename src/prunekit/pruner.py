@@ -22,7 +22,9 @@ from prunekit.stats import LossFn, collect_gradient_stats
 from prunekit.targets import ExcludeItem, resolve_targets
 from prunekit.types import ParamStats, PruneResult
 
-STRUCTURED = ("neuron", "channel", "lstm-unit")
+STRUCTURED = ("neuron", "channel", "lstm-unit", "head", "layer")
+#: Granularities that trace the model (torch-pruning's dependency graph) and so need example_inputs.
+TRACED = ("neuron", "channel", "lstm-unit")
 GRANULARITIES = ("unstructured", *STRUCTURED)
 
 
@@ -61,6 +63,7 @@ def _validate_request(
     threshold: float | None,
     data: object,
     example_inputs: object = None,
+    round_to: int | None = None,
 ) -> Criterion | UnitCriterion:
     if granularity not in GRANULARITIES:
         raise unknown_name("granularity", granularity, GRANULARITIES)
@@ -73,7 +76,9 @@ def _validate_request(
                 f"granularity '{granularity}' selects units by ratio only; pass sparsity= "
                 "(the fraction of units to remove) instead of threshold="
             )
-        if example_inputs is None:
+        if granularity == "layer" and round_to is not None:
+            raise PrunekitError("round_to rounds unit counts inside a layer; it does not apply to granularity 'layer'")
+        if example_inputs is None and granularity in TRACED:
             raise PrunekitError(
                 f"granularity '{granularity}' traces the model to find coupled layers; pass "
                 "example_inputs=<a small batch of real inputs>"
@@ -128,10 +133,14 @@ def prune(
     Unstructured: masks are attached through parametrizations and stay through fine-tuning; call
     :func:`prunekit.bake` for a plain model. A second call prunes further (sparsity is the total).
 
-    Structured (``granularity="neuron" | "channel" | "lstm-unit"``): `sparsity` is the fraction of
-    units removed; with ``remove=True`` (default) they are removed physically, so the model really
-    gets smaller and faster (``result.shrink_record`` replays the removal on a fresh model); with
-    ``remove=False`` they are masked to zero instead. Needs `example_inputs` to trace the model.
+    Structured (``granularity="neuron" | "channel" | "lstm-unit" | "head" | "layer"``):
+    `sparsity` is the fraction of units removed (neurons, channels, LSTM hidden units, attention
+    heads, or whole blocks); with ``remove=True`` (default) they are removed physically, so the
+    model really gets smaller and faster (``result.shrink_record`` replays the removal on a fresh
+    model, see :func:`prunekit.graph.replay`); with ``remove=False`` they are masked to zero
+    instead. neuron/channel/lstm-unit trace the model and need `example_inputs`; ``"layer"``
+    removes the identity-shortcut residual blocks / transformer layers whose removal costs least
+    (``method="removal-cost"`` measures that on `data`) and always keeps one.
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
@@ -139,7 +148,13 @@ def prune(
     0.5
     """
     start = time.perf_counter()
-    criterion = _validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs)
+    criterion = _validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs,
+                                  round_to)
+    if granularity == "layer":
+        from prunekit.depth import LayerRequest, prune_layers
+
+        request = LayerRequest(float(sparsity), tuple(exclude), seed, remove, num_batches)
+        return prune_layers(model, criterion, request, data, loss_fn, example_inputs, start)
     if granularity != "unstructured":
         from prunekit.structured import UnitRequest, prune_units
 

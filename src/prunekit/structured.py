@@ -1,4 +1,4 @@
-"""Structured pruning: score whole units (neurons, channels, LSTM units), pick, then remove.
+"""Structured pruning: score whole units (neurons, channels, LSTM units, heads), pick, then remove.
 
 groups (graph) -> evidence (weights / activations) -> unit scores (criteria) -> select_units
 -> keep_units -> shrink (physical removal) or unit masks (the masked equivalent).
@@ -8,6 +8,7 @@ a producer, a consumer or a normalisation layer; the criteria only see tensors.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from torch import nn
 
 from prunekit.criteria.structured import ActivationStats, UnitCriterion, UnitEvidence, scatter_to_units
 from prunekit.graph import ShrinkRecord, UnitGroup, find_unit_groups, shrink, unit_masks_to_param_masks
+from prunekit.graph.head_stats import head_output_norms
+from prunekit.graph.heads import find_head_groups, shrink_heads
 from prunekit.errors import PrunekitError
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters, split_name
 from prunekit.select import select_units
@@ -80,10 +83,26 @@ class UnitPlan:
     keep_units: dict[str, torch.Tensor]
 
 
+def _head_evidence(model: nn.Module, groups: list[UnitGroup], data: Iterable, num_batches: int) -> dict[str, ActivationStats]:
+    """Heads: the mean norm of each head's contribution to its attention output."""
+    inputs = [batch[0] for batch in itertools.islice(iter(data), num_batches)]
+    if not inputs:
+        raise PrunekitError("data yielded no batches; pass a loader of (inputs, targets) batches")
+    was_training = model.training
+    model.eval()
+    try:
+        norms = head_output_norms(model, groups, inputs)
+    finally:
+        model.train(was_training)
+    return {name: ActivationStats(norm, torch.zeros_like(norm)) for name, norm in norms.items()}
+
+
 def _activation_evidence(
     model: nn.Module, groups: list[UnitGroup], criterion: UnitCriterion, data: Iterable,
     loss_fn: LossFn | None, num_batches: int,
 ) -> dict[str, ActivationStats]:
+    if groups and groups[0].granularity == "head":
+        return _head_evidence(model, groups, data, num_batches)
     placements = {group.name: activation_points(model, group) for group in groups}
     points = {point.module_name: point for pairs in placements.values() for point, _ in pairs}
     observed = collect_activation_stats(model, data, list(points.values()), loss_fn, num_batches,
@@ -129,6 +148,9 @@ def plan_units(
 
 def apply_plan(model: nn.Module, plan: UnitPlan, example_inputs: object, remove: bool) -> ShrinkRecord | None:
     """Remove the planned units physically (returns the replayable record) or mask them."""
+    heads = bool(plan.groups) and plan.groups[0].granularity == "head"
+    if remove and heads:
+        return shrink_heads(model, plan.keep_units, plan.groups)
     if remove:
         return shrink(model, example_inputs, plan.keep_units, plan.groups)
     apply_masks(model, unit_masks_to_param_masks(model, plan.groups, plan.keep_units))
@@ -137,6 +159,8 @@ def apply_plan(model: nn.Module, plan: UnitPlan, example_inputs: object, remove:
 
 def unit_groups(model: nn.Module, example_inputs: object, granularity: str, exclude: Iterable = ()) -> list[UnitGroup]:
     """The removable unit groups of `model` for a structured granularity (see prunekit.graph)."""
+    if granularity == "head":
+        return find_head_groups(model, exclude)
     return find_unit_groups(model, example_inputs, granularity, exclude)
 
 

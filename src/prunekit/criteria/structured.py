@@ -36,6 +36,7 @@ class UnitEvidence:
     outgoing: tuple[Slices, ...] = ()
     norm_scale: torch.Tensor | None = None
     activations: ActivationStats | None = None
+    removal_cost: torch.Tensor | None = None
 
 
 UnitScoreFn = Callable[[UnitEvidence, torch.Generator], torch.Tensor]
@@ -172,6 +173,17 @@ def taylor(evidence: UnitEvidence, generator: torch.Generator) -> torch.Tensor:
     return _gradient_stat(evidence, "taylor", "taylor")
 
 
+def removal_cost(evidence: UnitEvidence, generator: torch.Generator) -> torch.Tensor:
+    """Measured loss increase when the unit (a whole layer) alone is removed: cheapest go first.
+
+    >>> removal_cost(UnitEvidence(2, removal_cost=torch.tensor([0.02, 1.5])), torch.Generator())
+    tensor([0.0200, 1.5000])
+    """
+    if evidence.removal_cost is None:
+        raise PrunekitError("method 'removal-cost' needs the measured cost of removing each layer; pass data=")
+    return evidence.removal_cost.clone()
+
+
 def random(evidence: UnitEvidence, generator: torch.Generator) -> torch.Tensor:
     """Uniform random scores: the baseline.
 
@@ -193,6 +205,8 @@ class UnitCriterion:
 
 
 _ALL = ("neuron", "channel", "lstm-unit", "head")
+#: How a criterion's ``needs`` is met: "activations" / "gradients" of units, or "removal-loss":
+#: the validation loss with each layer removed in turn.
 UNIT_CRITERIA: dict[str, UnitCriterion] = {
     criterion.name: criterion
     for criterion in [
@@ -202,15 +216,17 @@ UNIT_CRITERIA: dict[str, UnitCriterion] = {
         UnitCriterion("fpgm", fpgm, "distance to the other filters (geometric median: most replaceable first)",
                       ("channel", "neuron")),
         UnitCriterion("bn-scale", bn_scale, "|gamma| of the following BatchNorm (network slimming)", ("channel",)),
-        UnitCriterion("activation-mean", activation_mean, "mean |activation| over data",
-                      ("neuron", "channel", "lstm-unit"), needs="activations"),
+        UnitCriterion("activation-mean", activation_mean, "mean |activation| over data (heads: mean L2 norm "
+                      "of the head's contribution to the attention output)", _ALL, needs="activations"),
         UnitCriterion("apoz", apoz, "average percentage of zeros after ReLU (most silent first)",
                       ("neuron", "channel"), needs="activations"),
         UnitCriterion("activation-gradient", activation_gradient, "mean |dL/da| over data",
                       ("neuron", "channel", "lstm-unit"), needs="gradients"),
         UnitCriterion("taylor", taylor, "mean |a * dL/da| (first-order Taylor)",
                       ("neuron", "channel", "lstm-unit"), needs="gradients"),
-        UnitCriterion("random", random, "uniform random scores: the baseline to beat", _ALL),
+        UnitCriterion("removal-cost", removal_cost, "loss increase on data when the layer alone is removed",
+                      ("layer",), needs="removal-loss"),
+        UnitCriterion("random", random, "uniform random scores: the baseline to beat", (*_ALL, "layer")),
     ]
 }
 
