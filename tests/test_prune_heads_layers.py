@@ -219,3 +219,37 @@ def test_minilm_head_pruning_by_activation_mean_reloads_with_load_pruned(minilm,
     reloaded = load_pruned(save_pruned(model, tmp_path))
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+
+
+def test_minilm_heads_and_layers_pruned_reload_with_from_pretrained_remote_code(minilm, tmp_path):
+    from transformers import AutoModel
+
+    from prunekit.hf import save_pruned
+
+    model, _, inputs = minilm
+    model = copy.deepcopy(model)
+    prune(model, method="l1", sparsity=0.5, granularity="head")
+    prune(model, method="random", sparsity=1 / 6, granularity="layer")
+    path = save_pruned(model, tmp_path / "pruned")
+    reloaded, info = AutoModel.from_pretrained(path, trust_remote_code=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert [layer.attention.self.num_attention_heads for layer in reloaded.encoder.layer] == [6] * 5
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+
+
+def test_save_pruned_replaces_an_existing_folder_only_when_the_new_one_is_complete(minilm, tmp_path, monkeypatch):
+    from prunekit.hf import save_pruned
+
+    model, _, _ = minilm
+    target = tmp_path / "saved"
+    target.mkdir()
+    (target / "keep.txt").write_text("the user's earlier save")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(model, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"] and (target / "keep.txt").read_text() == "the user's earlier save"

@@ -7,10 +7,12 @@ inside the functions that need it, so ``import prunekit`` does not require it.
 Saving a head-pruned model: transformers 5.x dropped ``config.pruned_heads`` and
 ``PreTrainedModel.prune_heads``; every layer of a stock ``BertModel`` is built with
 ``config.num_attention_heads`` heads, so plain ``from_pretrained`` refuses a checkpoint whose
-attention layers are narrower (size-mismatch error). ``save_pruned`` writes an ordinary
-``save_pretrained`` directory; ``load_pruned`` rebuilds the architecture from its config, narrows
-each attention to the head count stored in the checkpoint's tensor shapes and loads the weights
-strictly. Removed encoder layers need nothing extra: ``remove_layers`` fixes
+attention layers are narrower (size-mismatch error). ``save_pruned`` writes a ``save_pretrained``
+directory plus a small modeling file (``prunekit.hf_remote``, torch + transformers only) that
+``AutoModel.from_pretrained(directory, trust_remote_code=True)`` uses to build the narrower
+layers. ``load_pruned`` needs no remote code: it rebuilds the architecture from the config,
+narrows each attention to the head count stored in the checkpoint's tensor shapes and loads the
+weights strictly. Removed encoder layers need nothing extra: ``remove_layers`` fixes
 ``config.num_hidden_layers``, which plain ``from_pretrained`` honours.
 """
 
@@ -20,6 +22,7 @@ import importlib
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -27,6 +30,9 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.graph.heads import find_head_groups, shrink_heads
+from prunekit.io import atomic_write_dir
+
+_REMOTE_MODULE = "prunekit_pruned_heads"
 
 # Standard-library modules with long prose docstrings: the calibration corpus, in a fixed order.
 _DOC_MODULES = (
@@ -128,24 +134,63 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32,
     return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
 
 
+def _head_counts(model: nn.Module) -> list[int] | None:
+    """Heads per encoder layer when some layer lost heads, else None."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    full = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    if layers is None or full is None:
+        return None
+    counts = [int(layer.attention.self.num_attention_heads) for layer in layers]
+    return counts if any(count != full for count in counts) else None
+
+
 def save_pruned(model: nn.Module, directory: str | Path) -> Path:
-    """``model.save_pretrained(directory)`` once checked to hold no masks; reload with load_pruned.
+    """``model.save_pretrained(directory)``, atomically, plus what reloading a head-pruned model needs.
+
+    When heads were removed from a ``BertModel`` the directory also gets ``prunekit_pruned_heads.py``
+    (see ``prunekit.hf_remote``), ``config.prunekit_attention_heads`` and an ``auto_map``, so
+    ``AutoModel.from_pretrained(directory, trust_remote_code=True)`` rebuilds it; ``load_pruned``
+    reloads it without remote code. An existing `directory` is replaced only once the new one is
+    complete.
 
     >>> import tempfile
+    >>> from transformers import AutoModel
     >>> model, _ = load_minilm()
     >>> _ = shrink_heads(model, {"encoder.layer.0.attention.self": torch.arange(12) > 0})
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     reloaded = load_pruned(save_pruned(model, folder))
-    >>> reloaded.encoder.layer[0].attention.self.num_attention_heads
-    11
+    ...     path = save_pruned(model, Path(folder) / "pruned")
+    ...     plain = AutoModel.from_pretrained(path, trust_remote_code=True)
+    ...     ours = load_pruned(path)
+    >>> plain.encoder.layer[0].attention.self.num_attention_heads, ours.encoder.layer[0].attention.self.num_attention_heads
+    (11, 11)
     """
     if any(".parametrizations." in name for name, _ in model.named_parameters()):
         raise PrunekitError(
             "the model has masks attached; call prunekit.masking.bake(model) (zeros stay) or "
             "shrink it before saving, so the checkpoint holds plain weights"
         )
-    model.save_pretrained(directory)
-    return Path(directory)
+    counts = _head_counts(model)
+    if counts is not None and type(model).__name__ != "BertModel":
+        raise PrunekitError(
+            f"save_pruned writes reloadable head-pruned {type(model).__name__} models only for the base "
+            "BertModel (AutoModel); save the base model (model.bert / model.base_model) or use "
+            "model.save_pretrained and reload with prunekit.hf.load_pruned(directory, model_class)"
+        )
+    return atomic_write_dir(directory, lambda folder: _write_pretrained(model, folder, counts))
+
+
+def _write_pretrained(model: nn.Module, folder: Path, counts: list[int] | None) -> None:
+    from prunekit import hf_remote
+
+    model.save_pretrained(folder)
+    if counts is None:
+        return
+    shutil.copyfile(hf_remote.__file__, folder / f"{_REMOTE_MODULE}.py")
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config[hf_remote.HEADS_KEY] = counts
+    config["auto_map"] = {"AutoModel": f"{_REMOTE_MODULE}.PrunedHeadsBertModel"}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:

@@ -8,6 +8,7 @@ the temporary file is removed and an existing destination is left untouched.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -57,3 +58,35 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     '{}'
     """
     return _atomic_write(path, lambda file: file.write(text.encode(encoding)))
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(folder)`` on a fresh temporary folder next to `path`, then put it at `path`.
+
+    An existing `path` is replaced only once `write` has succeeded (it is moved aside, the new
+    folder renamed into place, then the old one deleted); if `write` fails, `path` is untouched.
+
+    >>> import os, tempfile
+    >>> target = os.path.join(tempfile.mkdtemp(), "model")
+    >>> _ = atomic_write_dir(target, lambda folder: (folder / "a.txt").write_text("new"))
+    >>> sorted(os.listdir(target))
+    ['a.txt']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"'{path}' exists and is not a folder; choose another destination")
+    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        write(temp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+            os.replace(temp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return path

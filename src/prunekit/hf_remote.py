@@ -1,0 +1,57 @@
+"""Modeling code that lets ``from_pretrained`` rebuild a BERT-style model with fewer attention heads.
+
+transformers 5.x builds every attention layer with ``config.num_attention_heads`` heads, so the
+narrower weights of a head-pruned model do not fit a stock model. ``prunekit.hf.save_pruned``
+copies this file into the saved directory as ``prunekit_pruned_heads.py``, records the head count
+of every layer in ``config.prunekit_attention_heads`` and points ``config.auto_map`` here, so
+
+    AutoModel.from_pretrained(directory, trust_remote_code=True)
+
+builds the model, narrows each layer's query/key/value and output projections to the saved head
+count and loads the weights as usual. The file depends only on torch and transformers (not on
+prunekit), so the saved directory works wherever transformers does.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import BertConfig, BertModel
+
+HEADS_KEY = "prunekit_attention_heads"
+
+
+def narrow_attention(attention: nn.Module, heads: int) -> None:
+    """Give one ``BertAttention`` `heads` heads: fresh, narrower projections (weights load later).
+
+    >>> from transformers import BertConfig
+    >>> from transformers.models.bert.modeling_bert import BertAttention
+    >>> attention = BertAttention(BertConfig(hidden_size=32, num_attention_heads=4))
+    >>> narrow_attention(attention, 3)
+    >>> attention.self.query.weight.shape, attention.output.dense.weight.shape
+    (torch.Size([24, 32]), torch.Size([32, 24]))
+    """
+    self_attention, output = attention.self, attention.output
+    head_size = self_attention.attention_head_size
+    inner, hidden = heads * head_size, self_attention.query.in_features
+    for name in ("query", "key", "value"):
+        setattr(self_attention, name, nn.Linear(hidden, inner))
+    output.dense = nn.Linear(inner, output.dense.out_features)
+    self_attention.num_attention_heads = heads
+    self_attention.all_head_size = inner
+
+
+class PrunedHeadsBertModel(BertModel):
+    """``BertModel`` whose layer i has ``config.prunekit_attention_heads[i]`` attention heads."""
+
+    config_class = BertConfig
+
+    def __init__(self, config: BertConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        heads = getattr(config, HEADS_KEY, None) or [config.num_attention_heads] * len(self.encoder.layer)
+        if len(heads) != len(self.encoder.layer):
+            raise ValueError(
+                f"config.{HEADS_KEY} lists {len(heads)} layers but the model has {len(self.encoder.layer)}"
+            )
+        for layer, count in zip(self.encoder.layer, heads):
+            if count != config.num_attention_heads:
+                narrow_attention(layer.attention, int(count))
