@@ -10,10 +10,13 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.masking import named_effective_parameters
-from prunekit.pruner import prune
+from prunekit.pruner import prune, validate_request
 from prunekit.stats import LossFn
 from prunekit.targets import ExcludeItem, resolve_targets
 from prunekit.types import PruneResult
+
+
+HYBRID_GRANULARITIES = ("neuron", "channel", "lstm-unit", "head")
 
 
 def default_structured_granularity(model: nn.Module) -> str:
@@ -60,9 +63,14 @@ def prune_hybrid(
     """
     if granularity is None:
         granularity = default_structured_granularity(model)
-    if granularity not in ("neuron", "channel", "lstm-unit"):
-        raise PrunekitError(f"hybrid pruning removes neurons, channels or lstm-units first, not '{granularity}'")
+    if granularity not in HYBRID_GRANULARITIES:
+        raise PrunekitError(
+            f"hybrid pruning removes {', '.join(HYBRID_GRANULARITIES)} units first, not '{granularity}'"
+        )
     exclude = tuple(exclude)
+    # both stages are checked before the first one touches the model
+    validate_request(model, unit_method, granularity, unit_sparsity, scope, None, data, example_inputs)
+    validate_request(model, weight_method, "unstructured", weight_sparsity, scope, None, data)
     start = time.perf_counter()
     targeted_dense, nonzero_dense = _nonzero_weights(model, exclude)
     # the structured step validates everything it is given before the model is touched

@@ -54,7 +54,7 @@ def compute_scores(
     return scores
 
 
-def _validate_request(
+def validate_request(
     model: nn.Module,
     method: str,
     granularity: str,
@@ -65,6 +65,11 @@ def _validate_request(
     example_inputs: object = None,
     round_to: int | None = None,
 ) -> Criterion | UnitCriterion:
+    """Check the options of a :func:`prune` call without touching `model`; returns the criterion.
+
+    >>> validate_request(nn.Linear(2, 2), "magnitude", "unstructured", 0.5, "layer", None, None).name
+    'magnitude'
+    """
     if granularity not in GRANULARITIES:
         raise unknown_name("granularity", granularity, GRANULARITIES)
     if granularity == "unstructured":
@@ -148,8 +153,8 @@ def prune(
     0.5
     """
     start = time.perf_counter()
-    criterion = _validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs,
-                                  round_to)
+    criterion = validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs,
+                                 round_to)
     if granularity == "layer":
         from prunekit.depth import LayerRequest, prune_layers
 
