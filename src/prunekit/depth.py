@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from prunekit.graph.layers import check_layer_removal, find_layer_candidates, la
 from prunekit.graph.record import ShrinkRecord
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters
 from prunekit.stats import LossFn
+from prunekit.structured import UnitRequest
 from prunekit.targets import excluded_module_names
 from prunekit.types import PruneResult
 
@@ -102,28 +102,17 @@ def _magnitude(block: nn.Module) -> float:
     return sum(float(tensor.detach().abs().sum()) for _, tensor in named_effective_parameters(block))
 
 
-@dataclass(frozen=True)
-class LayerRequest:
-    """The options of one depth-pruning call (validated by ``prunekit.prune``)."""
-
-    sparsity: float
-    exclude: tuple = ()
-    seed: int = 0
-    remove: bool = True
-    num_batches: int = 8
-
-
 def prune_layers(
     model: nn.Module,
     criterion: UnitCriterion,
-    request: LayerRequest,
+    request: UnitRequest,
     data: Iterable | None,
     loss_fn: LossFn | None,
     example_inputs: object,
-    start: float | None = None,
+    start: float,
 ) -> PruneResult:
-    """The ``granularity="layer"`` branch of :func:`prunekit.prune` (see its docstring)."""
-    start = time.perf_counter() if start is None else start
+    """The ``granularity="layer"`` branch of :func:`prunekit.prune` (see its docstring); the
+    request's `scope` and `round_to` do not apply (the budget is over all candidate blocks)."""
     if request.remove and get_masks(model):
         raise PrunekitError(
             "the model carries pruning masks; removing layers needs plain weights: call "

@@ -155,16 +155,13 @@ def prune(
     start = time.perf_counter()
     criterion = validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs,
                                  round_to)
-    if granularity == "layer":
-        from prunekit.depth import LayerRequest, prune_layers
-
-        request = LayerRequest(float(sparsity), tuple(exclude), seed, remove, num_batches)
-        return prune_layers(model, criterion, request, data, loss_fn, example_inputs, start)
     if granularity != "unstructured":
+        from prunekit.depth import prune_layers
         from prunekit.structured import UnitRequest, prune_units
 
         request = UnitRequest(granularity, float(sparsity), scope, tuple(exclude), seed, round_to, remove, num_batches)
-        return prune_units(model, criterion, request, data, loss_fn, example_inputs, start)
+        prune_structure = prune_layers if granularity == "layer" else prune_units
+        return prune_structure(model, criterion, request, data, loss_fn, example_inputs, start)
     targets = resolve_targets(model, exclude)
     _check_finite(model, targets)
     stats = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from torch import nn
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.attention import AttentionMasks, PrunedMultiheadAttention, attention_context
 from prunekit.graph.heads import Attention, find_attentions
+from prunekit.graph.trace import as_call
 from prunekit.graph.types import UnitGroup
 
 
@@ -67,15 +68,6 @@ def recording_head_norms(model: nn.Module, groups: Iterable[UnitGroup]):
             handle.remove()
 
 
-def _call(model: nn.Module, inputs) -> None:
-    if isinstance(inputs, Mapping):
-        model(**inputs)
-    elif isinstance(inputs, tuple):
-        model(*inputs)
-    else:
-        model(inputs)
-
-
 def head_output_norms(
     model: nn.Module, groups: Iterable[UnitGroup], inputs
 ) -> dict[str, torch.Tensor]:
@@ -97,7 +89,7 @@ def head_output_norms(
     batches = inputs if isinstance(inputs, list) else [inputs]
     with recording_head_norms(model, groups) as totals, torch.no_grad():
         for batch in batches:
-            _call(model, batch)
+            as_call(batch)(model)
     unseen = [group.name for group in groups if group.name not in totals]
     if unseen:
         raise PrunekitError(

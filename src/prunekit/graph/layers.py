@@ -25,7 +25,7 @@ model still saves and reloads with plain ``save_pretrained`` / ``from_pretrained
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.record import ShrinkRecord, step_keep_mask
+from prunekit.graph.trace import as_call
 from prunekit.masking import named_effective_parameters
 
 GRANULARITY = "layer"
@@ -123,12 +124,7 @@ def _shape_preserving(model: nn.Module, names: list[str], example_inputs) -> set
     handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
     try:
         with torch.no_grad():
-            if isinstance(example_inputs, Mapping):
-                model(**example_inputs)
-            elif isinstance(example_inputs, tuple):
-                model(*example_inputs)
-            else:
-                model(example_inputs)
+            as_call(example_inputs)(model)
     finally:
         for handle in handles:
             handle.remove()

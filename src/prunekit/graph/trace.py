@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +48,7 @@ def as_call(example_inputs: object) -> Run:
         args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, (tuple, list)):
         args, kwargs = tuple(example_inputs), {}
-    elif isinstance(example_inputs, dict):
+    elif isinstance(example_inputs, Mapping):  # also a tokenizer's BatchEncoding (a UserDict)
         args, kwargs = (), dict(example_inputs)
     else:
         raise PrunekitError(
