@@ -6,6 +6,7 @@ are taken with ``torch.autograd.grad`` in eval mode (so BatchNorm running statis
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,36 @@ from prunekit.masking import original_parameter
 from prunekit.types import ParamStats
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _for_each_batch(
+    model: nn.Module, data: Iterable, num_batches: int, step: Callable[[object, object], None]
+) -> int:
+    """Call ``step(inputs, targets)`` on up to `num_batches` batches of `data` with `model` in eval
+    mode (so BatchNorm running statistics do not move); return how many batches were seen.
+
+    The model's training mode is restored afterwards, also on error. An empty `data` is an error,
+    since every statistic would be a division by zero.
+
+    >>> model = nn.Linear(2, 2)
+    >>> modes = []
+    >>> _for_each_batch(model, [(torch.zeros(1, 2), None)] * 5, 3, lambda x, y: modes.append(model.training))
+    3
+    >>> modes, model.training
+    ([False, False, False], True)
+    """
+    was_training = model.training
+    model.eval()
+    batches = 0
+    try:
+        for inputs, targets in itertools.islice(data, num_batches):
+            step(inputs, targets)
+            batches += 1
+    finally:
+        model.train(was_training)
+    if batches == 0:
+        raise ValueError("data yielded no batches; pass a loader of (inputs, targets) batches")
+    return batches
 
 
 def collect_gradient_stats(
@@ -41,23 +72,14 @@ def collect_gradient_stats(
     loss_fn = loss_fn or F.cross_entropy
     tensors = [original_parameter(model, name) for name in names]
     sums = [torch.zeros_like(tensor) for tensor in tensors]
-    was_training = model.training
-    model.eval()
-    batches = 0
-    try:
-        for inputs, targets in data:
-            if batches >= num_batches:
-                break
-            loss = loss_fn(model(inputs), targets)
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            for total, grad in zip(sums, grads):
-                if grad is not None:
-                    total.add_(grad.detach().abs())
-            batches += 1
-    finally:
-        model.train(was_training)
-    if batches == 0:
-        raise ValueError("data yielded no batches; pass a loader of (inputs, targets) batches")
+
+    def add_batch(inputs, targets) -> None:
+        grads = torch.autograd.grad(loss_fn(model(inputs), targets), tensors, allow_unused=True)
+        for total, grad in zip(sums, grads):
+            if grad is not None:
+                total.add_(grad.detach().abs())
+
+    batches = _for_each_batch(model, data, num_batches, add_batch)
     return {
         name: ParamStats(grad_abs_mean=total / batches, batches=batches)
         for name, total in zip(names, sums)
@@ -138,35 +160,27 @@ def collect_activation_stats(
     loss_fn = loss_fn or F.cross_entropy
     accumulators = {point.module_name: _Accumulator() for point in points}
     dims = {point.module_name: point.channel_dim for point in points}
-    was_training = model.training
-    model.eval()
-    batches = 0
-    try:
-        for inputs, targets in data:
-            if batches >= num_batches:
-                break
-            with torch.set_grad_enabled(gradients), capture_outputs(model, points) as seen:
-                outputs = model(inputs)
-            flat_outputs = [(name, out) for name, outs in seen.items() for out in outs]
-            grads = [None] * len(flat_outputs)
-            if gradients:
-                grads = torch.autograd.grad(loss_fn(outputs, targets), [out for _, out in flat_outputs],
-                                            allow_unused=True)
-            for (name, out), grad in zip(flat_outputs, grads):
-                values = _channels_last(out, dims[name])
-                accumulator = accumulators[name]
-                accumulator.rows += values.shape[0]
-                accumulator.add("mean_abs", values.abs().sum(0))
-                accumulator.add("zero_fraction", (values <= 0).sum(0))
-                if grad is not None:
-                    grad_values = _channels_last(grad, dims[name])
-                    accumulator.add("grad_abs", grad_values.abs().sum(0))
-                    accumulator.add("taylor", (values * grad_values).abs().sum(0))
-            batches += 1
-    finally:
-        model.train(was_training)
-    if batches == 0:
-        raise ValueError("data yielded no batches; pass a loader of (inputs, targets) batches")
+
+    def add_batch(inputs, targets) -> None:
+        with torch.set_grad_enabled(gradients), capture_outputs(model, points) as seen:
+            outputs = model(inputs)
+        flat_outputs = [(name, out) for name, outs in seen.items() for out in outs]
+        grads = [None] * len(flat_outputs)
+        if gradients:
+            grads = torch.autograd.grad(loss_fn(outputs, targets), [out for _, out in flat_outputs],
+                                        allow_unused=True)
+        for (name, out), grad in zip(flat_outputs, grads):
+            values = _channels_last(out, dims[name])
+            accumulator = accumulators[name]
+            accumulator.rows += values.shape[0]
+            accumulator.add("mean_abs", values.abs().sum(0))
+            accumulator.add("zero_fraction", (values <= 0).sum(0))
+            if grad is not None:
+                grad_values = _channels_last(grad, dims[name])
+                accumulator.add("grad_abs", grad_values.abs().sum(0))
+                accumulator.add("taylor", (values * grad_values).abs().sum(0))
+
+    _for_each_batch(model, data, num_batches, add_batch)
     return {
         name: {key: (total / max(acc.rows, 1)).float() for key, total in acc.sums.items()}
         for name, acc in accumulators.items()
