@@ -1,4 +1,4 @@
-"""Readable tables of comparison runs (mean over seeds)."""
+"""Readable tables of comparison runs (mean over seeds) and the markdown pages of the benchmarks."""
 
 from __future__ import annotations
 
@@ -41,21 +41,31 @@ def aggregate(runs: Iterable[dict]) -> list[dict]:
 
 
 def format_table(runs: Iterable[dict]) -> str:
-    """A fixed-width table of the aggregated runs, one line per method x sparsity.
+    """A fixed-width table of the aggregated runs, one line per model x method x sparsity.
 
     ``MACs x`` is dense MACs / nonzero MACs of the deployed model, ``speedup`` the measured
-    dense / pruned latency ratio (paired measurement in the same process).
+    dense / pruned latency ratio (paired measurement in the same process). The model column is as
+    wide as the longest model name, since one table may mix several models.
+
+    >>> run = {"model": "lenet300", "method": "magnitude", "granularity": "unstructured", "scope": "global",
+    ...     "sparsity_target": 0.9, "seed": 0, "accuracy": 0.95, "accuracy_dense": 0.96,
+    ...     "sparsity_achieved": 0.9, "params_nonzero": 10, "params": 100, "macs_nonzero": 10, "macs": 100,
+    ...     "macs_dense": 100, "latency_ms": 1.0, "latency_dense_ms": 2.0}
+    >>> header, _, line = format_table([run]).splitlines()
+    >>> header.split()[:4], line.split()[:5]
+    (['model', 'method', 'gran.', 'target'], ['lenet300', 'magnitude', 'unstructured', '90%', '90.00%'])
     """
     rows = aggregate(runs)
-    header = (f"{'method':<22}{'gran.':<13}{'target':>7}{'achieved':>9}{'acc %':>8}{'± sd':>6}"
-              f"{'dense %':>8}{'drop pt':>8}{'params':>10}{'nonzero':>10}{'MACs nz':>11}{'MACs x':>7}"
+    model_width = max([len("model")] + [len(row["model"]) for row in rows]) + 2
+    header = (f"{'model':<{model_width}}{'method':<22}{'gran.':<13}{'target':>7}{'achieved':>9}{'acc %':>8}"
+              f"{'± sd':>6}{'dense %':>8}{'drop pt':>8}{'params':>10}{'nonzero':>10}{'MACs nz':>11}{'MACs x':>7}"
               f"{'lat ms':>8}{'speedup':>8}")
     lines = [header, "-" * len(header)]
     for row in rows:
         speedup = row["latency_dense_ms"] / row["latency_ms"] if row["latency_ms"] else float("nan")
         mac_ratio = row["macs_dense"] / row["macs_nonzero"] if row["macs_nonzero"] else float("nan")
         lines.append(
-            f"{row['method']:<22}{row['granularity']:<13}{row['sparsity_target']:>7.0%}"
+            f"{row['model']:<{model_width}}{row['method']:<22}{row['granularity']:<13}{row['sparsity_target']:>7.0%}"
             f"{row['sparsity_achieved']:>9.2%}{100 * row['accuracy']:>8.2f}{100 * row['accuracy_std']:>6.2f}"
             f"{100 * row['accuracy_dense']:>8.2f}{row['drop_pt']:>8.2f}"
             f"{row['params']:>10,.0f}{row['params_nonzero']:>10,.0f}{row['macs_nonzero']:>11,.0f}"
@@ -63,3 +73,35 @@ def format_table(runs: Iterable[dict]) -> str:
             f"{row['latency_ms']:>8.3f}{speedup:>7.2f}x"
         )
     return "\n".join(lines)
+
+
+def benchmark_markdown(title: str, intro: list[str], tables: list[str], checks: list[tuple[str, bool, str]]) -> str:
+    """A benchmark's results page: a ``# title``, the `intro` paragraphs, the fixed-width `tables`
+    (e.g. from `format_table`) in one code block, then a PASS/FAIL table of the `checks`, each
+    ``(description, passed, measured value)``. Empty `tables` or `checks` leave their section out.
+
+    >>> print(benchmark_markdown("Demo", ["Command: `run`."], ["a  b", "c  d"], [("b > a", True, "2 > 1")]))
+    # Demo
+    <BLANKLINE>
+    Command: `run`.
+    <BLANKLINE>
+    ```
+    a  b
+    <BLANKLINE>
+    c  d
+    ```
+    <BLANKLINE>
+    | check | result | value |
+    |---|---|---|
+    | b > a | PASS | 2 > 1 |
+    <BLANKLINE>
+    """
+    lines = [f"# {title}", ""]
+    for paragraph in intro:
+        lines += [paragraph, ""]
+    if tables:
+        lines += ["```", "\n\n".join(tables), "```", ""]
+    if checks:
+        lines += ["| check | result | value |", "|---|---|---|"]
+        lines += [f"| {name} | {'PASS' if passed else 'FAIL'} | {value} |" for name, passed, value in checks]
+    return "\n".join(lines).rstrip("\n") + "\n"
