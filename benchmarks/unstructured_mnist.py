@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prunekit.harness import CompareConfig, run_compare, write_results
 from prunekit.io import atomic_write_text
-from prunekit.report import aggregate, format_table
+from prunekit.report import aggregate, benchmark_markdown, format_table
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,16 +68,14 @@ def main() -> None:
         runs += run_compare(config, on_run=lambda r: print(
             f"{r['model']} {r['method']} {r['sparsity_target']} s{r['seed']}: {100 * r['accuracy']:.2f}%", flush=True))
     write_results(RESULTS / "unstructured_mnist", configs[0], runs)
-    checks = _checks(runs)
-    lines = ["# Unstructured pruning on MNIST-5k", "",
-             f"Command: `.venv/bin/python benchmarks/unstructured_mnist.py` (seeds {args.seeds}, "
-             f"{args.finetune_epochs} fine-tune epochs at lr {args.finetune_lr:g} (cosine), global scope, all layers incl. classifier pruned). "
-             f"Wall time {time.perf_counter() - started:.0f} s on this machine.", "",
-             "Accuracy on the 1,000-image test split, mean over seeds; latency of the baked model at batch 64 "
-             "(unstructured zeros do not speed up dense kernels; that is the structured issue's job).", "",
-             "```", format_table(runs), "```", "", "| check | result | value |", "|---|---|---|"]
-    lines += [f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |" for name, ok, value in checks]
-    text = "\n".join(lines) + "\n"
+    intro = [
+        f"Command: `.venv/bin/python benchmarks/unstructured_mnist.py` (seeds {args.seeds}, "
+        f"{args.finetune_epochs} fine-tune epochs at lr {args.finetune_lr:g} (cosine), global scope, all layers incl. classifier pruned). "
+        f"Wall time {time.perf_counter() - started:.0f} s on this machine.",
+        "Accuracy on the 1,000-image test split, mean over seeds; latency of the baked model at batch 64 "
+        "(unstructured zeros do not speed up dense kernels; that is the structured issue's job).",
+    ]
+    text = benchmark_markdown("Unstructured pruning on MNIST-5k", intro, [format_table(runs)], _checks(runs))
     atomic_write_text(RESULTS / "unstructured_mnist.md", text)
     print(text)
 
