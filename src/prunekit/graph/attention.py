@@ -61,16 +61,21 @@ def attention_context(
     >>> torch.allclose(attn.out_proj(context), attn(x, x, x, need_weights=False)[0], atol=1e-6)
     True
     """
+    self_attention = query is key and key is value
     if query.dim() == 2:  # unbatched (length, embed)
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
     elif not attn.batch_first:
         query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
     heads = attn.num_heads
-    bias = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
-    q, k, v = (
-        F.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)  # (batch, heads, len, dim)
-        for x, w, b in zip((query, key, value), attn.in_proj_weight.chunk(3), bias)
-    )
+    if self_attention:  # one matmul for q, k and v
+        packed = F.linear(query, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = packed.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (batch, heads, len, dim)
+    else:
+        bias = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
+        q, k, v = (
+            F.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)  # (batch, heads, len, dim)
+            for x, w, b in zip((query, key, value), attn.in_proj_weight.chunk(3), bias)
+        )
     score_mask = _score_mask(masks, q.shape[0], heads, q.dtype)
     causal = masks.is_causal and score_mask is None
     dropout = attn.dropout if attn.training else 0.0
