@@ -33,6 +33,17 @@ def test_info_prints_the_summary_of_a_checkpoint(tmp_path, capsys):
     assert "lenet300" in out and "masked" in out and "fc1" in out and "method: magnitude" in out
 
 
+def test_info_reports_the_removed_units_of_a_shrunk_checkpoint(tmp_path, capsys):
+    arch = ArchSpec("resnet20", (1, 8, 8), 10)
+    model = arch.build()
+    first = prune(model, "l1", 0.5, granularity="channel", example_inputs=torch.zeros(2, 1, 8, 8))
+    second = prune(model, "random", 2 / 7, granularity="layer")
+    path = save_checkpoint(tmp_path / "m.pt", model, arch, record=first.shrink_record + second.shrink_record)
+    assert main(["info", str(path)]) == 0
+    channels = sum(len(step["removed"]) for step in first.shrink_record.steps)
+    assert f"structurally pruned: {channels} channels removed, 2 layers removed" in capsys.readouterr().out
+
+
 def test_compare_with_unknown_method_fails_cleanly(tmp_path, capsys):
     code = main(["compare", "--model", "lenet300", "--dataset", "digits", "--methods", "magnitud",
                  "--sparsity", "0.5", "--out", str(tmp_path), "--cache-dir", str(tmp_path), "--no-progress",

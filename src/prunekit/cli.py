@@ -106,6 +106,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
     arch = info["arch"]
     print(f"{args.checkpoint}: {arch['model']} (input {tuple(arch['input_shape'])}, "
           f"{arch['num_classes']} classes), {'masked' if info['masked'] else 'plain weights'}")
+    removed: dict[str, int] = {}
+    for step in (info.get("structure") or {}).get("steps", []):
+        removed[step["granularity"]] = removed.get(step["granularity"], 0) + len(step["removed"])
+    if removed:
+        print("  structurally pruned: " + ", ".join(f"{count} {unit}s removed" for unit, count in removed.items()))
     for key, value in info.get("meta", {}).items():
         print(f"  {key}: {value}")
     print(summary(model, torch.zeros(1, *arch["input_shape"])))

@@ -79,7 +79,7 @@ def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return {"params": params, "params_nonzero": params_nonzero, "macs": macs, "macs_nonzero": macs_nonzero}
 
 
-def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, rounds: int = 3,
+def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, rounds: int = 5,
                    repeats: int = 15) -> tuple[float, float]:
     """Median latency (ms) of both models, measured alternately so that both see the same
     machine load; returns ``(dense_ms, pruned_ms)``.

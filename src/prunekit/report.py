@@ -10,12 +10,16 @@ from collections.abc import Iterable
 def aggregate(runs: Iterable[dict]) -> list[dict]:
     """Group runs by (model, method, granularity, scope, sparsity) and average over seeds.
 
+    Latencies are means in ms; ``speedup`` is the geometric mean over seeds of each run's own
+    dense / pruned latency ratio (both timed in the same run), so one slow moment of the machine
+    shifts one ratio a little instead of dominating a mean of milliseconds.
+
     >>> rows = aggregate([{"model": "m", "method": "magnitude", "granularity": "unstructured",
     ...     "scope": "global", "sparsity_target": 0.5, "seed": s, "accuracy": a, "accuracy_dense": 0.9,
     ...     "sparsity_achieved": 0.5, "params_nonzero": 5, "params": 10, "macs_nonzero": 5, "macs": 10,
     ...     "macs_dense": 10, "latency_ms": 1.0, "latency_dense_ms": 2.0} for s, a in [(0, 0.8), (1, 0.9)]])
-    >>> round(rows[0]["accuracy"], 3), rows[0]["seeds"]
-    (0.85, 2)
+    >>> round(rows[0]["accuracy"], 3), rows[0]["seeds"], rows[0]["speedup"]
+    (0.85, 2, 2.0)
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -36,6 +40,7 @@ def aggregate(runs: Iterable[dict]) -> list[dict]:
             "params_nonzero": mean("params_nonzero"), "params": mean("params"),
             "macs_nonzero": mean("macs_nonzero"), "macs": mean("macs"), "macs_dense": mean("macs_dense"),
             "latency_ms": mean("latency_ms"), "latency_dense_ms": mean("latency_dense_ms"),
+            "speedup": statistics.geometric_mean(m["latency_dense_ms"] / m["latency_ms"] for m in members),
         })
     return rows
 
@@ -44,7 +49,7 @@ def format_table(runs: Iterable[dict]) -> str:
     """A fixed-width table of the aggregated runs, one line per model x method x sparsity.
 
     ``MACs x`` is dense MACs / nonzero MACs of the deployed model, ``speedup`` the measured
-    dense / pruned latency ratio (paired measurement in the same process). The model column is as
+    dense / pruned latency ratio (paired measurement in the same run; geometric mean over seeds). The model column is as
     wide as the longest model name, since one table may mix several models.
 
     >>> run = {"model": "lenet300", "method": "magnitude", "granularity": "unstructured", "scope": "global",
@@ -62,7 +67,6 @@ def format_table(runs: Iterable[dict]) -> str:
               f"{'lat ms':>8}{'speedup':>8}")
     lines = [header, "-" * len(header)]
     for row in rows:
-        speedup = row["latency_dense_ms"] / row["latency_ms"] if row["latency_ms"] else float("nan")
         mac_ratio = row["macs_dense"] / row["macs_nonzero"] if row["macs_nonzero"] else float("nan")
         lines.append(
             f"{row['model']:<{model_width}}{row['method']:<22}{row['granularity']:<13}{row['sparsity_target']:>7.0%}"
@@ -70,7 +74,7 @@ def format_table(runs: Iterable[dict]) -> str:
             f"{100 * row['accuracy_dense']:>8.2f}{row['drop_pt']:>8.2f}"
             f"{row['params']:>10,.0f}{row['params_nonzero']:>10,.0f}{row['macs_nonzero']:>11,.0f}"
             f"{mac_ratio:>6.2f}x"
-            f"{row['latency_ms']:>8.3f}{speedup:>7.2f}x"
+            f"{row['latency_ms']:>8.3f}{row['speedup']:>7.2f}x"
         )
     return "\n".join(lines)
 
