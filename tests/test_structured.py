@@ -13,16 +13,9 @@ from prunekit.pruner import prune
 from prunekit.select import select_units
 from prunekit.zoo import build_model
 
+from invariants import mlp, random_batches
 
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def _batches(seed=0, count=2):
-    generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 10, generator=generator), torch.randint(0, 3, (16,), generator=generator))
-            for _ in range(count)]
+WIDTHS = (10, 12, 8, 3)
 
 
 def _expected_keep(scores, sparsity):
@@ -45,8 +38,8 @@ def _hidden_activations(model, batches):
 
 @pytest.mark.parametrize("method", ["activation-mean", "apoz", "activation-gradient", "taylor", "l1", "weight-norm"])
 def test_neuron_scores_match_hand_computed_references(method):
-    model = _mlp()
-    batches = _batches()
+    model = mlp(WIDTHS)
+    batches = random_batches((10,), 3, rows=16)
     records = _hidden_activations(model, batches)
     expected = {}
     for index, name in enumerate(["0", "2"]):
@@ -74,7 +67,7 @@ def test_neuron_scores_match_hand_computed_references(method):
 
 
 def test_fpgm_scores_match_brute_force_distances():
-    model = _mlp()
+    model = mlp(WIDTHS)
     rows = model[0].weight.detach()
     distances = torch.stack([(rows - rows[i]).norm(dim=1).sum() for i in range(rows.shape[0])])
     pruned = copy.deepcopy(model)
@@ -153,7 +146,7 @@ def test_removal_equals_masking_through_the_api(model_name, granularity, method)
     ],
 )
 def test_structured_bad_input_leaves_model_unchanged(kwargs, message):
-    model = _mlp()
+    model = mlp(WIDTHS)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(PrunekitError, match=message):
         prune(model, **kwargs)
@@ -163,7 +156,7 @@ def test_structured_bad_input_leaves_model_unchanged(kwargs, message):
 
 
 def test_physical_removal_of_a_masked_model_is_refused():
-    model = _mlp()
+    model = mlp(WIDTHS)
     prune(model, sparsity=0.5)
     with pytest.raises(PrunekitError, match="bake"):
         prune(model, method="l1", granularity="neuron", sparsity=0.5, example_inputs=torch.ones(1, 10))
