@@ -71,7 +71,8 @@ def _report(payload: dict) -> str:
         "layer scope: every prunable layer loses the stated share of its units). "
         f"Wall time {payload['wall_seconds']:.0f} s on this machine (2 cores), torch {payload['torch']}.",
         "Accuracy on the 1,000-image test split, mean over seeds. Params/MACs/latency are of the shrunk model; "
-        "latency is the median of alternating dense/pruned timing rounds at batch 64 in the same process; "
+        "latency at batch 64: 5 alternating dense/pruned rounds of 15 timed passes in the same process, the "
+        "fastest round's median per model; "
         "speedup is the geometric mean over seeds of each run's dense/pruned latency ratio. "
         "`layer:removal-cost` measures the loss increase of skipping each block on the 500-image validation "
         "split; `@0.43` removes 3 of resnet20's 7 identity-shortcut blocks.",
