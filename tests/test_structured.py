@@ -107,7 +107,8 @@ def test_select_units_rules():
 @pytest.mark.parametrize(
     "model_name, granularity, method",
     [("lenet300", "neuron", "taylor"), ("lenet5", "channel", "l1"), ("resnet20", "channel", "fpgm"),
-     ("vgg-small", "channel", "bn-scale"), ("lstm", "lstm-unit", "activation-mean")],
+     ("vgg-small", "channel", "bn-scale"), ("lstm", "lstm-unit", "activation-mean"),
+     ("transformer-tiny", "neuron", "activation-mean")],  # the feed-forward neurons of each encoder layer
 )
 def test_removal_equals_masking_through_the_api(model_name, granularity, method):
     torch.manual_seed(0)
