@@ -22,7 +22,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph.layers import check_layer_removal, find_layer_candidates, layer_masks, remove_layers, score_layers
 from prunekit.graph.record import ShrinkRecord
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters
-from prunekit.stats import LossFn
+from prunekit.stats import LossFn, for_each_batch
 from prunekit.structured import UnitRequest
 from prunekit.targets import excluded_module_names
 from prunekit.types import PruneResult
@@ -39,7 +39,7 @@ def layer_candidates(model: nn.Module, example_inputs: object, exclude: Iterable
     """
     excluded = excluded_module_names(model, exclude)
     candidates = find_layer_candidates(model, example_inputs)
-    if not find_layer_candidates(model):
+    if not candidates:
         raise PrunekitError(
             f"granularity 'layer' needs removable blocks; {type(model).__name__} has none "
             "(prunekit removes identity-shortcut residual blocks, nn.TransformerEncoderLayer and "
@@ -57,13 +57,10 @@ def mean_loss(model: nn.Module, batches: list, loss_fn: LossFn | None = None) ->
     0.6931
     """
     loss_fn = loss_fn or F.cross_entropy
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            losses = [float(loss_fn(model(inputs), targets)) for inputs, targets in batches]
-    finally:
-        model.train(was_training)
+    losses: list[float] = []
+    with torch.no_grad():
+        for_each_batch(model, batches, len(batches),
+                       lambda inputs, targets: losses.append(float(loss_fn(model(inputs), targets))))
     return sum(losses) / len(losses)
 
 
@@ -71,9 +68,7 @@ def removal_costs(
     model: nn.Module, candidates: list[str], data: Iterable, loss_fn: LossFn | None = None, num_batches: int = 8
 ) -> torch.Tensor:
     """Per candidate, the loss increase on up to `num_batches` batches of `data` when it alone is removed."""
-    batches = list(itertools.islice(iter(data), num_batches))
-    if not batches:
-        raise PrunekitError("data yielded no batches; pass a loader of (inputs, targets) batches")
+    batches = list(itertools.islice(iter(data), num_batches))  # the same batches for every candidate
     costs = score_layers(model, candidates, lambda net: -mean_loss(net, batches, loss_fn))
     return torch.tensor([costs[name] for name in candidates])
 

@@ -101,14 +101,13 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, ro
 def _prune_for_spec(model: nn.Module, spec: MethodSpec, sparsity: float, config: CompareConfig, seed: int,
                     data_loaders, example: torch.Tensor):
     train_loader, val_loader = data_loaders
-    if spec.granularity == "layer":  # the cost of removing a block is measured on held-out data
-        return prune(model, method=spec.method, sparsity=sparsity, granularity="layer", data=val_loader,
-                     example_inputs=example, exclude=config.exclude, seed=seed)
     if spec.granularity == "hybrid":
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
                             scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed)
+    # the cost of removing a whole block is measured on held-out data
+    data = val_loader if spec.granularity == "layer" else train_loader
     return prune(model, method=spec.method, sparsity=sparsity, granularity=spec.granularity, scope=config.scope,
-                 data=train_loader, example_inputs=example, exclude=config.exclude, seed=seed)
+                 data=data, example_inputs=example, exclude=config.exclude, seed=seed)
 
 
 def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,

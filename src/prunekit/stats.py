@@ -15,13 +15,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prunekit.errors import PrunekitError
 from prunekit.masking import original_parameter
 from prunekit.types import ParamStats
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _for_each_batch(
+def for_each_batch(
     model: nn.Module, data: Iterable, num_batches: int, step: Callable[[object, object], None]
 ) -> int:
     """Call ``step(inputs, targets)`` on up to `num_batches` batches of `data` with `model` in eval
@@ -32,7 +33,7 @@ def _for_each_batch(
 
     >>> model = nn.Linear(2, 2)
     >>> modes = []
-    >>> _for_each_batch(model, [(torch.zeros(1, 2), None)] * 5, 3, lambda x, y: modes.append(model.training))
+    >>> for_each_batch(model, [(torch.zeros(1, 2), None)] * 5, 3, lambda x, y: modes.append(model.training))
     3
     >>> modes, model.training
     ([False, False, False], True)
@@ -47,7 +48,7 @@ def _for_each_batch(
     finally:
         model.train(was_training)
     if batches == 0:
-        raise ValueError("data yielded no batches; pass a loader of (inputs, targets) batches")
+        raise PrunekitError("data yielded no batches; pass a loader of (inputs, targets) batches")
     return batches
 
 
@@ -79,7 +80,7 @@ def collect_gradient_stats(
             if grad is not None:
                 total.add_(grad.detach().abs())
 
-    batches = _for_each_batch(model, data, num_batches, add_batch)
+    batches = for_each_batch(model, data, num_batches, add_batch)
     return {
         name: ParamStats(grad_abs_mean=total / batches, batches=batches)
         for name, total in zip(names, sums)
@@ -180,7 +181,7 @@ def collect_activation_stats(
                 accumulator.add("grad_abs", grad_values.abs().sum(0))
                 accumulator.add("taylor", (values * grad_values).abs().sum(0))
 
-    _for_each_batch(model, data, num_batches, add_batch)
+    for_each_batch(model, data, num_batches, add_batch)
     return {
         name: {key: (total / max(acc.rows, 1)).float() for key, total in acc.sums.items()}
         for name, acc in accumulators.items()

@@ -8,7 +8,6 @@ a producer, a consumer or a normalisation layer; the criteria only see tensors.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,12 +17,13 @@ from torch import nn
 
 from prunekit.criteria.structured import ActivationStats, UnitCriterion, UnitEvidence, scatter_to_units
 from prunekit.graph import ShrinkRecord, UnitGroup, find_unit_groups, shrink, unit_masks_to_param_masks
-from prunekit.graph.head_stats import head_output_norms
+from prunekit.graph.head_stats import mean_head_norms, recording_head_norms
 from prunekit.graph.heads import find_head_groups, shrink_heads
+from prunekit.graph.trace import as_call
 from prunekit.errors import PrunekitError
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters, split_name
 from prunekit.select import select_units
-from prunekit.stats import ActivationPoint, LossFn, collect_activation_stats
+from prunekit.stats import ActivationPoint, LossFn, collect_activation_stats, for_each_batch
 from prunekit.types import PruneResult
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -85,15 +85,9 @@ class UnitPlan:
 
 def _head_evidence(model: nn.Module, groups: list[UnitGroup], data: Iterable, num_batches: int) -> dict[str, ActivationStats]:
     """Heads: the mean norm of each head's contribution to its attention output."""
-    inputs = [batch[0] for batch in itertools.islice(iter(data), num_batches)]
-    if not inputs:
-        raise PrunekitError("data yielded no batches; pass a loader of (inputs, targets) batches")
-    was_training = model.training
-    model.eval()
-    try:
-        norms = head_output_norms(model, groups, inputs)
-    finally:
-        model.train(was_training)
+    with recording_head_norms(model, groups) as totals, torch.no_grad():
+        for_each_batch(model, data, num_batches, lambda inputs, _: as_call(inputs)(model))
+    norms = mean_head_norms(totals, groups)
     return {name: ActivationStats(norm, torch.zeros_like(norm)) for name, norm in norms.items()}
 
 

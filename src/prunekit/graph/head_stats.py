@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -90,6 +90,17 @@ def head_output_norms(
     with recording_head_norms(model, groups) as totals, torch.no_grad():
         for batch in batches:
             as_call(batch)(model)
+    return mean_head_norms(totals, groups)
+
+
+def mean_head_norms(totals: Mapping, groups: Iterable[UnitGroup]) -> dict[str, torch.Tensor]:
+    """``{group: mean head norm}`` from what ``recording_head_norms`` collected; every group
+    must have been seen.
+
+    >>> group = UnitGroup("attn", "head", 2, (), torch.arange(2))
+    >>> mean_head_norms({"attn": (torch.tensor([2.0, 4.0]), 2)}, [group])
+    {'attn': tensor([1., 2.])}
+    """
     unseen = [group.name for group in groups if group.name not in totals]
     if unseen:
         raise PrunekitError(
