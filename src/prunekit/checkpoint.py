@@ -2,62 +2,41 @@
 
 A checkpoint is a dict of plain types and tensors, loadable with ``torch.load(weights_only=True)``:
 
-    {"format": "prunekit-checkpoint", "version": 2,
-     "arch": {"model": "lenet300", "input_shape": [1, 28, 28], "num_classes": 10},
+    {"format": "prunekit-checkpoint", "version": 3,
+     "arch": {"model": "lenet300", "input_shape": [1, 28, 28], "num_classes": 10,
+              "kwargs": {}, "input_dtype": "float32"},
      "structure": {...} or None,  # ShrinkRecord.to_dict(): units / heads / layers removed
      "state_dict": {...},   # plain parameter names; masked weights hold their stored values
      "masks": {...},        # keep-masks of a masked model ({} once baked)
      "meta": {...}}         # free-form JSON-like information (accuracy, method, ...)
 
-Reloading builds the architecture from the zoo, replays the structural record (so the layers
-have the pruned shapes again), loads the tensors and re-attaches the masks, so outputs are
-bit-identical to the saved model's. Version 1 files (no "structure") still load.
+The architecture is an ``ArchSpec`` (``prunekit.arch``): a zoo name or an importable
+``"package.module:ClassName"`` with keyword arguments. Reloading builds the architecture,
+replays the structural record (so the layers have the pruned shapes again), loads the tensors
+and re-attaches the masks, so outputs are bit-identical to the saved model's. Files of version 1
+(no "structure") and 2 (zoo arch without "kwargs" and "input_dtype") still load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunekit.arch import ArchSpec
 from prunekit.errors import PrunekitError
-from prunekit.graph import ShrinkRecord, replay
+from prunekit.graph import ShrinkRecord
 from prunekit.io import atomic_save
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters, original_parameter
 
 FORMAT = "prunekit-checkpoint"
-VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to rebuild a model from the zoo: registry name, input shape, number of classes."""
-
-    model: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-
-    def build(self) -> nn.Module:
-        """A fresh, unpruned instance of the architecture."""
-        from prunekit.zoo import build_model
-
-        return build_model(self.model, tuple(self.input_shape), self.num_classes)
-
-    def example_inputs(self) -> torch.Tensor:
-        """A zero batch of two inputs, enough to trace the architecture."""
-        return torch.zeros(2, *self.input_shape)
-
-    def rebuild(self, record: ShrinkRecord | Mapping | None) -> nn.Module:
-        """A fresh instance with the structural removals of `record` replayed (None: dense)."""
-        model = self.build()
-        if record is not None and ShrinkRecord.from_dict(record).steps:
-            replay(model, self.example_inputs(), record, check=False)
-        return model
+__all__ = ["ArchSpec", "load_checkpoint", "save_checkpoint"]
 
 
 def _stored_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -87,13 +66,16 @@ def save_checkpoint(
     arch: ArchSpec,
     meta: dict[str, Any] | None = None,
     record: ShrinkRecord | Mapping | None = None,
+    *,
+    trust_factory: bool = False,
 ) -> Path:
     """Write `model` (masked, baked and/or structurally pruned) to `path` atomically.
 
     `record` is the structural removal applied to the `arch` model (``result.shrink_record`` of
     ``prunekit.prune`` with a structured granularity; add records of several calls with ``+``).
     Before anything is written the architecture is rebuilt from `arch` and `record` and its
-    shapes compared with `model`'s, so a checkpoint that would not reload is refused.
+    shapes compared with `model`'s, so a checkpoint that would not reload is refused. An `arch`
+    naming a factory function needs `trust_factory`, here and in ``load_checkpoint``.
 
     >>> import tempfile, os
     >>> from prunekit import prune
@@ -105,9 +87,13 @@ def save_checkpoint(
     >>> load_checkpoint(path)[0].fc1.weight.shape
     torch.Size([150, 64])
     """
+    if not isinstance(arch, ArchSpec):
+        raise PrunekitError(
+            f"arch must be an ArchSpec (e.g. ArchSpec.of(model, input_shape)); got a {type(arch).__name__}"
+        )
     structure = ShrinkRecord.from_dict(record).to_dict() if record is not None else None
     state = _stored_state_dict(model)
-    problem = _shape_mismatch(arch.rebuild(structure), state)
+    problem = _shape_mismatch(arch.rebuild(structure, trust_factory=trust_factory), state)
     if problem is not None:
         hint = ("pass record=<the PruneResult.shrink_record of the structured pruning>" if record is None
                 else "the record does not describe how this model was pruned")
@@ -115,7 +101,7 @@ def save_checkpoint(
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "arch": {**asdict(arch), "input_shape": list(arch.input_shape)},
+        "arch": arch.to_dict(),
         "structure": structure,
         "state_dict": state,
         "masks": get_masks(model),
@@ -124,9 +110,7 @@ def save_checkpoint(
     return atomic_save(payload, Path(path))
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the saved model; returns ``(model, checkpoint_without_tensors)``."""
-    path = Path(path)
+def _read_payload(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PrunekitError(f"checkpoint '{path}' does not exist; pass the path of a file saved by prunekit")
     try:
@@ -143,11 +127,34 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"'{path}' is a prunekit checkpoint of version {payload.get('version')!r}; this prunekit reads "
             f"versions {', '.join(map(str, _READABLE_VERSIONS))}. Upgrade prunekit"
         )
-    arch = ArchSpec(payload["arch"]["model"], tuple(payload["arch"]["input_shape"]), payload["arch"]["num_classes"])
-    model = arch.rebuild(payload.get("structure"))
+    return payload
+
+
+def load_checkpoint(path: str | Path, *, trust_factory: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the saved model; returns ``(model, checkpoint_without_tensors)``.
+
+    The file's architecture must name a zoo model or a ``torch.nn.Module`` subclass; pass
+    `trust_factory` only for a file you trust whose architecture names a factory function.
+    ``info["arch"]`` is the architecture in its full (``ArchSpec.to_dict``) form.
+
+    >>> import tempfile, os
+    >>> model = ArchSpec("lenet300", (1, 8, 8), 10).build()
+    >>> path = save_checkpoint(os.path.join(tempfile.mkdtemp(), "m.pt"), model, ArchSpec("lenet300", (1, 8, 8), 10))
+    >>> loaded, info = load_checkpoint(path)
+    >>> info["arch"]["model"], torch.equal(loaded.fc1.weight, model.fc1.weight)
+    ('lenet300', True)
+    """
+    path = Path(path)
+    payload = _read_payload(path)
+    try:
+        arch = ArchSpec.from_dict(payload.get("arch"))
+        model = arch.rebuild(payload.get("structure"), trust_factory=trust_factory)
+    except PrunekitError as error:
+        raise PrunekitError(f"cannot rebuild the model saved in '{path}': {error}") from error
     model.load_state_dict(payload["state_dict"], strict=True)
     if payload["masks"]:
         apply_masks(model, payload["masks"])
     info = {key: value for key, value in payload.items() if key not in ("state_dict", "masks")}
+    info["arch"] = arch.to_dict()
     info["masked"] = bool(payload["masks"])
     return model, info
