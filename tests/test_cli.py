@@ -5,14 +5,14 @@ import torch
 
 from prunekit.checkpoint import ArchSpec, save_checkpoint
 from prunekit.cli import main
-from prunekit.criteria import WEIGHT_CRITERIA
+from prunekit.criteria import CRITERIA
 from prunekit.pruner import prune
 
 
 def test_methods_lists_every_registered_criterion(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name, criterion in WEIGHT_CRITERIA.items():
+    for name, criterion in CRITERIA.items():
         assert name in out and criterion.description in out
 
 

@@ -27,8 +27,8 @@ def test_every_run_has_the_required_fields_and_sane_values(runs):
         assert REQUIRED <= run.keys()
         assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["accuracy_dense"] <= 1.0
         # within one weight of the target over all targeted weights (global scope)
-        assert abs(run["sparsity_achieved"] - run["sparsity_target"]) * run["params_targeted"] <= 0.5
-        pruned = round(run["sparsity_target"] * run["params_targeted"])
+        assert abs(run["sparsity_achieved"] - run["sparsity_target"]) * run["units_targeted"] <= 0.5
+        pruned = round(run["sparsity_target"] * run["units_targeted"])
         assert run["params_nonzero"] == run["params_dense"] - pruned
         assert run["macs_nonzero"] < run["macs_dense"] == run["macs"]
         assert run["latency_ms"] > 0 and run["batch_size"] == 16

@@ -9,8 +9,8 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.graph import replay, unit_masks_to_param_masks
-from prunekit.graph.attention import PrunedMultiheadAttention
-from prunekit.graph.head_stats import head_output_norms
+from prunekit.layers.pruned_attention import PrunedMultiheadAttention
+from prunekit.stats.heads import head_output_norms
 from prunekit.graph.heads import find_head_groups, shrink_heads
 from prunekit.masking import apply_masks, bake
 from prunekit.zoo import build_model

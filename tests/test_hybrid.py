@@ -43,8 +43,8 @@ def test_hybrid_equals_neuron_l1_removal_then_torch_l1_unstructured():
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
     dense_weights, kept_weights = 10 * 12 + 12 * 8 + 8 * 3, 10 * 6 + 6 * 4 + 4 * 3
-    assert (result.granularity, result.params_targeted) == ("hybrid", dense_weights)
-    assert result.nonzero_after == kept_weights // 2
+    assert (result.granularity, result.units_targeted) == ("hybrid", dense_weights)
+    assert result.units_after == kept_weights // 2
     assert result.sparsity_achieved == pytest.approx(1 - (kept_weights // 2) / dense_weights)
     assert result.shrink_record.steps and result.params_after < result.params_before
 
@@ -55,7 +55,7 @@ def test_hybrid_with_heads_then_weights_on_a_transformer():
     result = prune_hybrid(model, "l2", 0.5, "magnitude", 0.3, torch.zeros(2, 1, 8, 8), granularity="head")
     assert [layer.self_attn.num_heads for layer in model.layers] == [2, 2]
     assert {step["granularity"] for step in result.shrink_record.steps} == {"head"}
-    assert get_masks(model) and result.nonzero_after < result.nonzero_before
+    assert get_masks(model) and result.units_after < result.units_before
 
 
 @pytest.mark.parametrize(

@@ -277,11 +277,12 @@ def test_summary_totals_table_and_skipped():
     # conv: 16 positions * 2 channels * 9; fc: 32 * 3; Bilinear has no rule -> 0, listed
     assert result.macs == 16 * 2 * 9 + 32 * 3
     assert result.skipped == ["odd"]
-    assert [row.name for row in result.layers] == ["conv", "embed", "fc", "odd"]
-    assert result.weight_params == 18 + 8 + 96 + 9
+    # rows are the weights prunekit.prune targets: not the embedding, not the unknown Bilinear
+    assert [row.name for row in result.layers] == ["conv", "fc"]
+    assert result.weight_params == 18 + 96
     assert result.params == sum(p.numel() for p in model.parameters())
     restored = json.loads(json.dumps(result.to_dict()))
-    assert restored["layers"][2]["macs"] == 96 and restored["skipped"] == ["odd"]
+    assert restored["layers"][1]["macs"] == 96 and restored["skipped"] == ["odd"]
     table = str(result)
     assert table.splitlines()[0].split()[:3] == ["layer", "type", "params"]
     assert "total" in table and "288" in table and "odd" in table.splitlines()[-1]

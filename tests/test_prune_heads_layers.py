@@ -9,7 +9,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.graph import replay
-from prunekit.graph.head_stats import head_output_norms
+from prunekit.stats.heads import head_output_norms
 from prunekit.graph.heads import find_head_groups
 from prunekit.graph.layers import SkippedBlock
 from prunekit.masking import get_masks
@@ -120,7 +120,7 @@ def test_layer_removal_cost_removes_the_cheapest_blocks_measured_on_data():
     assert result.targets == candidates
     assert [step["group"] for step in result.shrink_record.steps] == cheapest
     assert all(isinstance(model.get_submodule(name), SkippedBlock) for name in cheapest)
-    assert result.params_after < result.params_before and result.nonzero_after == 4
+    assert result.params_after < result.params_before and result.units_after == 4
 
 
 def test_layer_removal_equals_masking_and_replays_bit_identical():
@@ -142,7 +142,7 @@ def test_layer_pruning_keeps_one_block_and_respects_exclude():
     model = tiny_transformer()
     result = prune(model, method="random", sparsity=0.99, granularity="layer")
     skipped = [isinstance(layer, SkippedBlock) for layer in model.layers]
-    assert sorted(skipped) == [False, True] and result.nonzero_after == 1
+    assert sorted(skipped) == [False, True] and result.units_after == 1
     model = resnet()
     result = prune(model, method="random", sparsity=0.5, granularity="layer", exclude=["layer1", "layer3.2"])
     assert result.targets == ["layer2.1", "layer2.2", "layer3.1"]
@@ -182,7 +182,7 @@ def test_minilm_layer_pruning_reloads_with_plain_from_pretrained(minilm, tmp_pat
     model, _, inputs = minilm
     model = copy.deepcopy(model)
     result = prune(model, method="random", sparsity=2 / 6, granularity="layer", seed=1)
-    assert model.config.num_hidden_layers == len(model.encoder.layer) == 4 and result.nonzero_after == 4
+    assert model.config.num_hidden_layers == len(model.encoder.layer) == 4 and result.units_after == 4
     model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path, local_files_only=True).eval()
     with torch.no_grad():

@@ -36,7 +36,7 @@ def test_global_magnitude_matches_torch_global_unstructured():
     for name in LINEARS:
         assert torch.equal(masks[f"{name}.weight"], reference[int(name)].weight_mask.bool())
     total = sum(model[int(name)].weight.numel() for name in LINEARS)
-    assert result.params_targeted == total
+    assert result.units_targeted == total
     assert abs(result.sparsity_achieved * total - round(0.7 * total)) < 1
 
 
@@ -110,7 +110,7 @@ def test_second_call_prunes_further_and_keeps_earlier_masks():
     later = get_masks(model)
     for name in earlier:
         assert bool((later[name] <= earlier[name]).all()), "a pruned weight came back"
-    assert abs(result.sparsity_achieved * result.params_targeted - round(0.6 * result.params_targeted)) < 1
+    assert abs(result.sparsity_achieved * result.units_targeted - round(0.6 * result.units_targeted)) < 1
 
 
 def test_exclude_by_name_and_by_type():

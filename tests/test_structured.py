@@ -126,7 +126,7 @@ def test_removal_equals_masking_through_the_api(model_name, granularity, method)
     removed_result = prune(removed, remove=True, **kwargs)
     torch.testing.assert_close(removed(inputs), masked(inputs), atol=1e-5, rtol=1e-4)
     assert removed_result.params_after < removed_result.params_before
-    assert masked_result.nonzero_after == removed_result.nonzero_after
+    assert masked_result.units_after == removed_result.units_after
     assert removed_result.shrink_record is not None and masked_result.shrink_record is None
 
 
@@ -156,8 +156,31 @@ def test_structured_bad_input_leaves_model_unchanged(kwargs, message):
         assert torch.equal(tensor, before[name])
 
 
-def test_physical_removal_of_a_masked_model_is_refused():
+def test_physical_removal_of_a_masked_model_carries_its_masks():
+    """Unstructured then neuron pruning: removal slices the weight masks with the weights, equals
+    the masked model, and the zeros survive training (they used to need a bake, then revived)."""
+    x = torch.randn(6, 10)
     model = mlp(WIDTHS)
     prune(model, sparsity=0.5)
-    with pytest.raises(PrunekitError, match="bake"):
-        prune(model, method="l1", granularity="neuron", sparsity=0.5, example_inputs=torch.ones(1, 10))
+    weight_masks = get_masks(model)
+    masked = copy.deepcopy(model)
+    prune(masked, method="l1", granularity="neuron", sparsity=0.5, example_inputs=x[:2], remove=False)
+    result = prune(model, method="l1", granularity="neuron", sparsity=0.5, example_inputs=x[:2])
+    kept = {step["group"]: sorted(set(range(step["num_units"])) - set(step["removed"]))
+            for step in result.shrink_record.steps}
+    masks = get_masks(model)
+    assert torch.equal(masks["0.weight"], weight_masks["0.weight"][kept["0"]])
+    assert torch.equal(masks["2.weight"], weight_masks["2.weight"][kept["2"]][:, kept["0"]])
+    assert torch.equal(masks["4.weight"], weight_masks["4.weight"][:, kept["2"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), masked(x))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+    assert all(bool((model.get_parameter(name.replace(".weight", ".parametrizations.weight.original")) is not None))
+               for name in masks)
+    for name, keep in masks.items():
+        module = model.get_submodule(name.rpartition(".")[0])
+        assert bool((module.weight[~keep] == 0).all()), name

@@ -7,35 +7,52 @@
 """
 
 from prunekit.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
+from prunekit.criteria import CRITERIA, get_criterion
 from prunekit.errors import PrunekitError
+from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.masking import apply_masks, bake, get_masks
 from prunekit.metrics import count_macs, count_params, measure_latency, summary
-from prunekit.pruner import compute_scores, prune
-from prunekit.select import select_by_ratio, select_by_threshold
-from prunekit.stats import collect_gradient_stats
-from prunekit.types import PruneResult
+from prunekit.pruner import Pruner, prune, remove_masked_units
+from prunekit.request import PruneOptions
+from prunekit.schedules import OneShot, Schedule
+from prunekit.select import SelectionRule, select, select_by_ratio, select_by_threshold
+from prunekit.stats import collect, collect_gradient_stats
+from prunekit.types import PruneResult, SparsityReport
 
 #: ``finalize`` is the same operation as :func:`bake`: make masks permanent, return a plain module.
+#: (``Pruner.finalize`` also removes the structured units its masks removed.)
 finalize = bake
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRITERIA",
+    "GRANULARITIES",
     "ArchSpec",
+    "OneShot",
+    "PruneOptions",
     "PruneResult",
+    "Pruner",
     "PrunekitError",
+    "Schedule",
+    "SelectionRule",
+    "SparsityReport",
     "apply_masks",
     "bake",
+    "collect",
     "collect_gradient_stats",
-    "compute_scores",
     "count_macs",
     "count_params",
     "finalize",
+    "get_criterion",
+    "get_granularity",
     "get_masks",
     "load_checkpoint",
     "measure_latency",
     "prune",
+    "remove_masked_units",
     "save_checkpoint",
+    "select",
     "select_by_ratio",
     "select_by_threshold",
     "summary",

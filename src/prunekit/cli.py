@@ -82,18 +82,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
-    from prunekit.criteria import WEIGHT_CRITERIA
-    from prunekit.criteria.structured import UNIT_CRITERIA
+    from prunekit.criteria import criteria_for
+    from prunekit.granularity import GRANULARITIES
 
-    print("granularity 'unstructured' (individual weights):")
-    for criterion in WEIGHT_CRITERIA.values():
-        needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
-        print(f"  {criterion.name:<20} {criterion.description}{needs}")
-    print("\nstructured granularities (whole units, physically removed):")
-    for criterion in UNIT_CRITERIA.values():
-        needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
-        print(f"  {criterion.name:<20} {criterion.description}  ({', '.join(criterion.granularities)}){needs}")
-    print("\nhybrid: 'hybrid:<unit method>@<unit sparsity>+<weight method>' in 'prunekit compare --methods'")
+    for name, granularity in GRANULARITIES.items():
+        removal = "" if not granularity.removable else ", physically removed"
+        print(f"granularity '{name}' (unit: {granularity.unit}{removal}):")
+        for criterion in criteria_for(granularity.provides).values():
+            needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
+            print(f"  {criterion.name:<20} {criterion.description}{needs}")
+        print()
+    print("hybrid: 'hybrid:<unit method>@<unit sparsity>+<weight method>' in 'prunekit compare --methods'")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -128,7 +127,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for the ``prunekit`` command."""
-    from prunekit.pruner import GRANULARITIES
+    from prunekit.granularity import GRANULARITIES
 
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", type=_names, required=True, help="comma-separated, see 'prunekit methods'")
     compare.add_argument("--sparsity", type=_floats, required=True, help="comma-separated targets in [0, 1)")
     compare.add_argument("--scope", default="global", choices=("global", "layer"))
-    compare.add_argument("--granularity", default="unstructured", choices=GRANULARITIES,
+    compare.add_argument("--granularity", default="unstructured", choices=tuple(GRANULARITIES),
                          help="for method specs without a 'granularity:' prefix")
     compare.add_argument("--seeds", type=_ints, default=(0,))
     compare.add_argument("--finetune-epochs", type=int, default=2)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.layers import unit_granularity
 from prunekit.masking import named_effective_parameters
-from prunekit.pruner import prune, validate_request
+from prunekit.pruner import prune
+from prunekit.request import PruneOptions, PruneRequest, validate_request
 from prunekit.stats import LossFn
 from prunekit.targets import ExcludeItem, resolve_targets
 from prunekit.types import PruneResult
@@ -25,7 +27,7 @@ def default_structured_granularity(model: nn.Module) -> str:
     >>> default_structured_granularity(nn.Sequential(nn.Linear(2, 2)))
     'neuron'
     """
-    has_conv = any(isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for module in model.modules())
+    has_conv = any(unit_granularity(module) == "channel" for module in model.modules())
     return "channel" if has_conv else "neuron"
 
 
@@ -68,24 +70,21 @@ def prune_hybrid(
             f"hybrid pruning removes {', '.join(HYBRID_GRANULARITIES)} units first, not '{granularity}'"
         )
     exclude = tuple(exclude)
+    options = PruneOptions(loss_fn=loss_fn, exclude=exclude, seed=seed)
     # both stages are checked before the first one touches the model
-    validate_request(model, unit_method, granularity, unit_sparsity, scope, None, data, example_inputs)
-    validate_request(model, weight_method, "unstructured", weight_sparsity, scope, None, data)
-    start = time.perf_counter()
+    validate_request(PruneRequest(unit_method, granularity, scope, unit_sparsity, None, options), data, example_inputs)
+    validate_request(PruneRequest(weight_method, "unstructured", scope, weight_sparsity, None, options), data, None)
     targeted_dense, nonzero_dense = _nonzero_weights(model, exclude)
-    # the structured step validates everything it is given before the model is touched
     structured = prune(model, method=unit_method, sparsity=unit_sparsity, granularity=granularity, scope=scope,
                        data=data, loss_fn=loss_fn, example_inputs=example_inputs, exclude=exclude, seed=seed)
     weights = prune(model, method=weight_method, sparsity=weight_sparsity, scope=scope, data=data,
                     loss_fn=loss_fn, exclude=exclude, seed=seed)
-    _, nonzero_after = _nonzero_weights(model, exclude)
-    return PruneResult(
-        method=f"{unit_method}+{weight_method}", granularity="hybrid", scope=scope,
-        sparsity_target=weight_sparsity, threshold=None, targets=weights.targets,
-        params_targeted=targeted_dense, nonzero_before=nonzero_dense, nonzero_after=nonzero_after,
-        relative_sparsity=weights.relative_sparsity, seconds=time.perf_counter() - start,
+    return replace(
+        weights, method=f"{unit_method}+{weight_method}", granularity="hybrid",
+        units_targeted=targeted_dense, units_before=nonzero_dense,
+        seconds=structured.seconds + weights.seconds,
         layer_sparsity={**{f"{name} ({granularity})": value for name, value in structured.layer_sparsity.items()},
                         **weights.layer_sparsity},
-        masks=weights.masks, unit="weight", params_before=structured.params_before,
-        params_after=structured.params_after, shrink_record=structured.shrink_record,
+        params_before=structured.params_before, params_after=structured.params_after,
+        shrink_record=structured.shrink_record,
     )

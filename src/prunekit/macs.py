@@ -10,8 +10,8 @@ attached, older versions do not) and ``nn.TransformerEncoder``'s conversion of p
 to nested tensors (eval + ``src_key_padding_mask``), which no hook prevents. Padded positions
 are therefore counted like real ones. All train/eval flags are restored afterwards.
 
-``nn.MultiheadAttention`` is counted by one rule, including its ``out_proj`` (which it applies
-functionally, so the Linear's own hook would never fire); its children are not hooked.
+The rule for each layer type lives with its handler in :mod:`prunekit.layers`; a handler whose
+rule also counts its children (attention: ``out_proj``) keeps them from being hooked twice.
 """
 
 from __future__ import annotations
@@ -23,28 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.rnn import PackedSequence
 
+from prunekit import inputs
 from prunekit.errors import PrunekitError
+from prunekit.layers import LayerHandler, handler_for
 
 MacCounts = dict[str, tuple[int, int]]  # module name -> (dense MACs, nonzero MACs), whole batch
-
-_ZERO_MAC_TYPES: tuple[type, ...] = tuple(
-    t
-    for t in (
-        nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
-        nn.LayerNorm,
-        nn.GroupNorm,
-        getattr(nn, "RMSNorm", None),
-        nn.Embedding,
-        nn.EmbeddingBag,
-        nn.PReLU,
-    )
-    if t is not None
-)
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
 
 __all__ = ["count_macs", "macs_by_module"]
 
@@ -66,92 +50,6 @@ def direct_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
     return params
 
 
-def weight_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The prunable weight matrices of a module: own parameters named *weight* with >= 2 dims."""
-    return {n: p for n, p in direct_parameters(module).items() if "weight" in n and p.dim() >= 2}
-
-
-def nnz(tensor: torch.Tensor) -> int:
-    """Number of nonzero entries, as a Python int.
-
-    >>> nnz(torch.tensor([0.0, 1.0, -2.0]))
-    2
-    """
-    return int(torch.count_nonzero(tensor))
-
-
-# --- MAC rules: (module, args, kwargs, output) -> [(child name or "", dense, nonzero)] ---------
-
-
-def _linear_macs(module: nn.Linear, args, kwargs, output) -> list[tuple[str, int, int]]:
-    rows = args[0].numel() // module.in_features  # every leading dim (batch, time, ...)
-    weight = module.weight
-    return [("", rows * weight.numel(), rows * nnz(weight))]
-
-
-def _conv_macs(module: nn.Module, args, kwargs, output) -> list[tuple[str, int, int]]:
-    positions = output.numel() // module.out_channels  # batch x output spatial size
-    weight = module.weight  # (out, in / groups, *kernel): padding zeros are counted as MACs
-    return [("", positions * weight.numel(), positions * nnz(weight))]
-
-
-def _conv_transpose_macs(module: nn.Module, args, kwargs, output) -> list[tuple[str, int, int]]:
-    positions = args[0].numel() // module.in_channels  # each input element meets its weights
-    weight = module.weight
-    return [("", positions * weight.numel(), positions * nnz(weight))]
-
-
-def _rnn_macs(module: nn.RNNBase, args, kwargs, output) -> list[tuple[str, int, int]]:
-    sequence = args[0] if args else kwargs["input"]
-    if isinstance(sequence, PackedSequence):
-        steps = sequence.data.shape[0]  # batch x time without the padding
-    else:
-        steps = sequence.shape[0] * (sequence.shape[1] if sequence.dim() == 3 else 1)
-    # Per step, every layer and direction multiplies by weight_ih, weight_hh (and weight_hr).
-    weights = weight_tensors(module).values()
-    return [("", steps * sum(w.numel() for w in weights), steps * sum(nnz(w) for w in weights))]
-
-
-def _mha_macs(module: nn.MultiheadAttention, args, kwargs, output) -> list[tuple[str, int, int]]:
-    names = ("query", "key", "value")
-    query, key, _ = (args[i] if len(args) > i else kwargs[names[i]] for i in range(3))
-    if query.dim() == 3:
-        time_dim = 1 if module.batch_first else 0
-        batch = query.shape[1 - time_dim]
-        target_len, source_len = query.shape[time_dim], key.shape[time_dim]
-    else:
-        batch, target_len, source_len = 1, query.shape[0], key.shape[0]
-    embed = module.embed_dim
-    if module._qkv_same_embed_dim:
-        w = module.in_proj_weight
-        q_w, k_w, v_w = w[:embed], w[embed : 2 * embed], w[2 * embed :]
-    else:
-        q_w, k_w, v_w = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
-    dense = batch * (target_len * q_w.numel() + source_len * (k_w.numel() + v_w.numel()))
-    nonzero = batch * (target_len * nnz(q_w) + source_len * (nnz(k_w) + nnz(v_w)))
-    attended = source_len + (module.bias_k is not None) + bool(module.add_zero_attn)
-    attention = 2 * batch * target_len * attended * embed  # Q K^T and A V, counted dense
-    out_w = module.out_proj.weight  # applied functionally inside MHA: its own hook never fires
-    out = ("out_proj", batch * target_len * out_w.numel(), batch * target_len * nnz(out_w))
-    return [("", dense + attention, nonzero + attention), out]
-
-
-_MAC_RULES: tuple[tuple[tuple[type, ...], Callable], ...] = (
-    ((nn.MultiheadAttention,), _mha_macs),
-    ((nn.Linear,), _linear_macs),
-    (_CONV, _conv_macs),
-    (_CONV_TRANSPOSE, _conv_transpose_macs),
-    ((nn.RNNBase,), _rnn_macs),
-)
-
-
-def _mac_rule(module: nn.Module) -> Callable | None:
-    for types, rule in _MAC_RULES:
-        if isinstance(module, types):
-            return rule
-    return None
-
-
 @contextlib.contextmanager
 def preserved_modes(model: nn.Module) -> Iterator[None]:
     """Restore every module's own training flag on exit (``model.train(flag)`` would flatten).
@@ -170,77 +68,44 @@ def preserved_modes(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+def _hook_for(name: str, handler: LayerHandler | None, counts: MacCounts, skipped: list[str]) -> Callable:
+    def hook(module, args, kwargs, output) -> None:
+        rows = handler.macs(module, args, kwargs, output) if handler is not None else None
+        if rows is None:
+            if not (handler is not None and handler.free) and name not in skipped:
+                skipped.append(name)
+            return
+        for child, dense, nonzero in rows:
+            full = f"{name}.{child}" if name and child else (name or child)
+            old = counts.get(full, (0, 0))
+            counts[full] = (old[0] + dense, old[1] + nonzero)
+
+    return hook
+
+
 @contextlib.contextmanager
 def _mac_hooks(model: nn.Module) -> Iterator[tuple[MacCounts, list[str]]]:
     """Hook every module with a MAC rule or own parameters; yield (counts, skipped); unhook."""
     counts: MacCounts = {}
     skipped: list[str] = []
     handles = []
-
-    def make_hook(name: str, module: nn.Module) -> Callable:
-        rule = _mac_rule(module)
-
-        def hook(mod, args, kwargs, output) -> None:
-            if rule is None:
-                if not isinstance(mod, _ZERO_MAC_TYPES) and name not in skipped:
-                    skipped.append(name)
-                return
-            for child, dense, nonzero in rule(mod, args, kwargs, output):
-                full = f"{name}.{child}" if name and child else (name or child)
-                old = counts.get(full, (0, 0))
-                counts[full] = (old[0] + dense, old[1] + nonzero)
-
-        return hook
-
-    covered: list[str] = []  # modules whose rule also counts their children (MHA.out_proj)
+    covered: list[str] = []  # modules whose rule also counts their children (attention's out_proj)
     try:
         for name, module in model.named_modules():
-            if is_parametrization_internal(name) or any(
-                name.startswith(prefix + ".") or not prefix for prefix in covered
-            ):
+            inside_covered = any(name.startswith(prefix + ".") or not prefix for prefix in covered)
+            if is_parametrization_internal(name) or inside_covered:
                 continue
-            if _mac_rule(module) is None and not direct_parameters(module):
+            handler = handler_for(module)
+            if handler is None and not direct_parameters(module):
                 continue
-            if isinstance(module, nn.MultiheadAttention):
+            if handler is not None and handler.counts_children:
                 covered.append(name)
-            hook = make_hook(name, module)
+            hook = _hook_for(name, handler, counts, skipped)
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
         yield counts, skipped
     finally:
         for handle in handles:
             handle.remove()
-
-
-def call_model(model: nn.Module, example_inputs: Any) -> Any:
-    """Run `model` on a tensor, a tuple/list of positional inputs, or a dict of keyword inputs.
-
-    >>> call_model(nn.Identity(), (torch.ones(1),))
-    tensor([1.])
-    """
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, PackedSequence):  # a namedtuple, yet one input
-        return model(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
-def _batch_size(example_inputs: Any) -> int:
-    if isinstance(example_inputs, PackedSequence):
-        return int(example_inputs.batch_sizes[0])
-    values = example_inputs.values() if isinstance(example_inputs, dict) else example_inputs
-    values = [values] if isinstance(values, torch.Tensor) else list(values)
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            if value.dim() == 0 or value.shape[0] == 0:
-                break
-            return int(value.shape[0])
-    raise PrunekitError(
-        "cannot tell the batch size of example_inputs: expected a tensor (or a tuple/list/dict "
-        "whose first tensor is) with a non-empty first dimension, e.g. torch.randn(1, 3, 32, 32); "
-        "or pass batch_size= explicitly"
-    )
 
 
 def macs_by_module(
@@ -254,7 +119,7 @@ def macs_by_module(
     >>> macs_by_module(nn.Sequential(nn.Linear(2, 3)), torch.randn(5, 2), batch_size=None)
     ({'0': (6, 6)}, [])
     """
-    batch = batch_size if batch_size is not None else _batch_size(example_inputs)
+    batch = batch_size if batch_size is not None else inputs.batch_size(example_inputs)
     if batch < 1:
         raise PrunekitError(f"batch_size must be a positive integer, got {batch}")
     with preserved_modes(model), _mac_hooks(model) as (counts, skipped), torch.no_grad():
@@ -262,7 +127,7 @@ def macs_by_module(
         for module in model.modules():
             if isinstance(module, nn.TransformerEncoderLayer):
                 module.training = True  # disables the fused fast path; children stay in eval
-        call_model(model, example_inputs)
+        inputs.call_model(model, example_inputs)
     per_example = {name: (dense // batch, nz // batch) for name, (dense, nz) in counts.items()}
     return per_example, list(skipped)
 

@@ -11,23 +11,30 @@ parameters holding the zeros, so its state_dict loads into the unpruned architec
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import copy
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import PrunekitError
+from prunekit.layers import handler_for
 
 Masks = dict[str, torch.Tensor]
 
 
 class KeepMask(nn.Module):
-    """Parametrization that multiplies a parameter by a fixed bool keep-mask."""
+    """Parametrization that multiplies a parameter by a fixed bool keep-mask.
 
-    def __init__(self, keep_mask: torch.Tensor) -> None:
+    `owner` is the token of the ``prunekit.Pruner`` that manages the mask while it lives (None:
+    nobody; the mask just stays). It is not part of the state_dict.
+    """
+
+    def __init__(self, keep_mask: torch.Tensor, owner: str | None = None) -> None:
         super().__init__()
         self.register_buffer("keep_mask", keep_mask.detach().clone().to(torch.bool))
+        self.owner = owner
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         return original * self.keep_mask
@@ -99,10 +106,25 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             )
 
 
-def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before another parametrization is added.
+
+    torch adds one property per parametrized tensor to the module's class, and
+    ``copy.deepcopy`` of a parametrized module shares that class with the original: a mask
+    added to the copy would otherwise appear (broken) on the original too.
+    """
+    if parametrize.is_parametrized(module):
+        cls = type(module)
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str | None = None) -> nn.Module:
     """Attach keep-masks to `model` in place; a second mask on a parameter is ANDed in.
 
-    All masks are validated before the model is touched.
+    All masks are validated before the model is touched. With an `owner`, every mask touched
+    becomes that owner's (see :class:`KeepMask`). The parameter object itself moves into the
+    parametrization (``<module>.parametrizations.<name>.original``), so an optimiser built before
+    keeps updating it.
 
     >>> model = nn.Linear(2, 2)
     >>> _ = apply_masks(model, {"weight": torch.tensor([[True, False], [False, True]])})
@@ -117,16 +139,16 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         device = original_parameter(model, fqn).device
         if existing is not None:
             existing.keep_mask.logical_and_(keep_mask.to(device=device, dtype=torch.bool))
+            existing.owner = owner if owner is not None else existing.owner
         else:
+            _own_class(module)
             parametrize.register_parametrization(
-                module, param_name, KeepMask(keep_mask.to(device)), unsafe=True
+                module, param_name, KeepMask(keep_mask.to(device), owner), unsafe=True
             )
     return model
 
 
-def get_masks(model: nn.Module) -> Masks:
-    """Return a copy of every keep-mask attached to `model`, keyed by parameter name."""
-    masks: Masks = {}
+def _keep_masks(model: nn.Module) -> Iterator[tuple[str, KeepMask]]:
     for module_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
@@ -134,51 +156,155 @@ def get_masks(model: nn.Module) -> Masks:
         for param_name in module.parametrizations:
             keep = _mask_parametrization(module, param_name)
             if keep is not None:
-                masks[prefix + param_name] = keep.keep_mask.detach().clone()
+                yield prefix + param_name, keep
+
+
+def mask_owners(model: nn.Module) -> dict[str, str | None]:
+    """``{parameter name: owner token or None}`` for every mask attached to `model`.
+
+    >>> mask_owners(apply_masks(nn.Linear(2, 2), {"weight": torch.ones(2, 2, dtype=torch.bool)}, "p1"))
+    {'weight': 'p1'}
+    """
+    return {name: keep.owner for name, keep in _keep_masks(model)}
+
+
+def release_masks(model: nn.Module, owner: str | None = None) -> None:
+    """Make the masks of `owner` (every mask when None) nobody's: they stay attached, and any
+    ``Pruner`` may prune the model further.
+
+    >>> model = apply_masks(nn.Linear(2, 2), {"weight": torch.ones(2, 2, dtype=torch.bool)}, "p1")
+    >>> release_masks(model); mask_owners(model)
+    {'weight': None}
+    """
+    for _, keep in _keep_masks(model):
+        if owner is None or keep.owner == owner:
+            keep.owner = None
+
+
+def get_masks(model: nn.Module) -> Masks:
+    """Return a copy of every keep-mask attached to `model`, keyed by parameter name."""
+    return {name: keep.keep_mask.detach().clone() for name, keep in _keep_masks(model)}
+
+
+def _unmask_module(module: nn.Module, names: list[str], bake_zeros: bool) -> None:
+    """Replace the KeepMask-only parametrizations `names` of `module` by plain parameters: the
+    same parameter objects, holding the masked values (`bake_zeros`) or the stored originals.
+
+    torch's ``remove_parametrizations`` deletes the property from the module's class, and
+    ``copy.deepcopy`` of a parametrized module shares that class with the original: unmasking a
+    copy would break the original. Swapping the instance's class back leaves the shared class alone.
+    """
+    other = [name for name in module.parametrizations if name not in names]
+    mask_only = all(len(module.parametrizations[name]) == 1 for name in names)
+    if other or not mask_only:
+        for name in names:
+            parametrize.remove_parametrizations(module, name, leave_parametrized=bake_zeros)
+        return
+    plain = {}
+    for name in names:
+        original = module.parametrizations[name].original
+        if bake_zeros:
+            with torch.no_grad():
+                original.mul_(_mask_parametrization(module, name).keep_mask.to(original.dtype))
+        plain[name] = original
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    for name, param in plain.items():
+        module._parameters[name] = param
+    handler = handler_for(module)
+    if handler is not None:
+        handler.refresh(module)
+
+
+def _unmask(model: nn.Module, bake_zeros: bool, names: Iterable[str] | None = None) -> None:
+    wanted = None if names is None else set(names)
+    by_module: dict[str, list[str]] = {}
+    for fqn, _ in _keep_masks(model):
+        if wanted is None or fqn in wanted:
+            module_name, param_name = split_name(fqn)
+            by_module.setdefault(module_name, []).append(param_name)
+    for module_name, param_names in by_module.items():
+        _unmask_module(model.get_submodule(module_name), param_names, bake_zeros)
+
+
+def strip_masks(model: nn.Module, names: Iterable[str] | None = None) -> Masks:
+    """Detach the masks of `names` (all when None), leaving plain parameters that hold the stored
+    original values (pruned entries come back); returns the masks that were removed.
+
+    >>> model = apply_masks(nn.Linear(2, 2), {"weight": torch.zeros(2, 2, dtype=torch.bool)})
+    >>> sorted(strip_masks(model)), bool((model.weight != 0).all())
+    (['weight'], True)
+    """
+    masks = {name: mask for name, mask in get_masks(model).items() if names is None or name in set(names)}
+    _unmask(model, bake_zeros=False, names=masks)
     return masks
 
 
-def _bake_module(module: nn.Module) -> None:
-    """Replace every KeepMask-only parametrization of `module` by a plain parameter.
-
-    torch's ``remove_parametrizations`` deletes the property from the module's class, and
-    ``copy.deepcopy`` of a parametrized module shares that class with the original: baking a copy
-    would break the original. Swapping the instance's class back leaves the shared class alone.
-    """
-    names = list(module.parametrizations)
-    mask_only = all(
-        len(module.parametrizations[name]) == 1 and _mask_parametrization(module, name) is not None
-        for name in names
-    )
-    if not mask_only:
-        for name in names:
-            if _mask_parametrization(module, name) is not None:
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-        return
-    baked = {}
-    for name in names:
-        original = module.parametrizations[name].original
-        value = getattr(module, name).detach().clone()
-        baked[name] = nn.Parameter(value, requires_grad=original.requires_grad)
-    del module._modules["parametrizations"]
-    module.__class__ = module.__class__.__bases__[0]
-    for name, param in baked.items():
-        module._parameters[name] = param
-    if isinstance(module, nn.RNNBase):
-        module._init_flat_weights()
-
-
 def bake(model: nn.Module) -> nn.Module:
-    """Make the masks permanent: plain parameters holding zeros, no parametrizations left.
+    """Make the masks permanent: plain parameters holding zeros, no masks left.
 
     The resulting state_dict loads into a fresh, unpruned instance of the same architecture.
-    Safe on a ``copy.deepcopy`` of a masked model (the original keeps its masks).
+    The parameters are the same objects as before (an optimiser keeps them), now holding the
+    zeros. Safe on a ``copy.deepcopy`` of a masked model (the original keeps its masks).
 
     >>> model = apply_masks(nn.Linear(2, 2), {"weight": torch.zeros(2, 2, dtype=torch.bool)})
     >>> sorted(bake(model).state_dict())
     ['bias', 'weight']
     """
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module):
-            _bake_module(module)
+    _unmask(model, bake_zeros=True)
     return model
+
+
+_NO_MASK, _KEPT, _PRUNED = 2.0, 1.0, 0.0
+
+
+def _mask_carrier(model: nn.Module) -> nn.Module:
+    """A copy of `model` without masks whose parameters encode them: 1 kept, 0 pruned, 2 unmasked."""
+    carrier = copy.deepcopy(model)
+    masks = strip_masks(carrier)
+    with torch.no_grad():
+        for name, param in carrier.named_parameters():
+            if param.is_floating_point():
+                mask = masks.get(name)
+                if mask is None:
+                    param.fill_(_NO_MASK)
+                else:
+                    param.copy_(torch.where(mask.to(param.device), _KEPT, _PRUNED))
+    return carrier
+
+
+def _carried_masks(carrier: nn.Module) -> Masks:
+    """The masks a carrier encodes after the same removal as the model (all-True ones dropped)."""
+    masks = {}
+    for name, param in carrier.named_parameters():
+        if param.is_floating_point() and not bool((param == _NO_MASK).all()):
+            keep = (param != _PRUNED).detach().cpu()
+            if not bool(keep.all()):
+                masks[name] = keep
+    return masks
+
+
+def remove_carrying_masks(model: nn.Module, remove: Callable[[nn.Module, bool], object]) -> object:
+    """Run a physical removal ``remove(model, check)`` on a model that may carry masks; returns
+    what `remove` returns.
+
+    Removal needs plain weights, so the masks come off first and go back on afterwards, sliced
+    exactly like the weights they mask (a removed unit takes its part of each mask with it; the
+    rest stays), so unstructured and structured pruning combine in any order. The removal is
+    rehearsed on a copy that carries the masks as values first, and a failed removal puts the
+    masks back, so on error the model is as it was. Re-attached masks belong to nobody.
+    """
+    owners = mask_owners(model)
+    if not owners:
+        return remove(model, True)
+    carrier = _mask_carrier(model)
+    remove(carrier, False)  # validates the request before the model is touched
+    masks = strip_masks(model)
+    try:
+        result = remove(model, True)
+    except BaseException:
+        for name, mask in masks.items():
+            apply_masks(model, {name: mask}, owners[name])
+        raise
+    apply_masks(model, _carried_masks(carrier))
+    return result

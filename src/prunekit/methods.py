@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunekit.criteria import get_weight_criterion
-from prunekit.criteria.structured import get_unit_criterion
+from prunekit.criteria import criteria_for
 from prunekit.errors import PrunekitError, unknown_name
-from prunekit.pruner import GRANULARITIES
+from prunekit.granularity import GRANULARITIES, get_granularity
+from prunekit.hybrid import HYBRID_GRANULARITIES
 
 SPEC_GRANULARITIES = (*GRANULARITIES, "hybrid")
 DEFAULT_HYBRID_UNIT_SPARSITY = 0.5
@@ -64,23 +64,20 @@ def parse_method_spec(text: str, default_granularity: str = "unstructured") -> M
         raise unknown_name("granularity", granularity, SPEC_GRANULARITIES)
     if granularity != "hybrid":
         method, sparsity = _split_budget(rest)
-        if granularity == "unstructured":
-            get_weight_criterion(method)
-        else:
-            get_unit_criterion(method, granularity)
+        get_granularity(granularity).criterion(method)
         return MethodSpec(granularity, method, sparsity)
     unit_part, plus, weight_part = rest.partition("+")
     if not plus:
         raise PrunekitError(f"hybrid spec '{text}' needs two stages: hybrid:<unit method>[@s]+<weight method>[@s]")
     unit_method, unit_sparsity = _split_budget(unit_part)
     weight_method, weight_sparsity = _split_budget(weight_part)
-    get_weight_criterion(weight_method)
-    for granularity_option in ("channel", "neuron"):
-        try:
-            get_unit_criterion(unit_method, granularity_option)
-            break
-        except PrunekitError:
-            if granularity_option == "neuron":
-                raise
+    get_granularity("unstructured").criterion(weight_method)
+    usable = [name for name in HYBRID_GRANULARITIES if unit_method in _methods_of(name)]
+    if not usable:
+        get_granularity("neuron").criterion(unit_method)  # raises, naming the choices
     return MethodSpec("hybrid", unit_method, unit_sparsity if unit_sparsity is not None else DEFAULT_HYBRID_UNIT_SPARSITY,
                       weight_method, weight_sparsity)
+
+
+def _methods_of(granularity: str) -> set[str]:
+    return set(criteria_for(get_granularity(granularity).provides))

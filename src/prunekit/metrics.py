@@ -21,16 +21,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import PrunekitError
-from prunekit.macs import (
-    MacCounts,
-    call_model,
-    count_macs,
-    is_parametrization_internal,
-    macs_by_module,
-    nnz,
-    preserved_modes,
-    weight_tensors,
-)
+from prunekit.inputs import call_model
+from prunekit.layers import handler_for, prunable_weights
+from prunekit.layers.base import nnz
+from prunekit.macs import MacCounts, count_macs, direct_parameters, is_parametrization_internal, macs_by_module, preserved_modes
 from prunekit.masking import get_masks, named_effective_parameters, original_parameter
 
 __all__ = [
@@ -110,28 +104,14 @@ class ModelSummary:
         return format_summary(self)
 
 
-def _structural_sparsity(module: nn.Module, weights: dict[str, torch.Tensor]) -> float:
-    """Fraction of output units whose weights are all zero."""
-    if isinstance(module, nn.RNNBase):
-        gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
-        dead = total = 0
-        for name, w_ih in weights.items():
-            if not name.startswith("weight_ih"):
-                continue
-            w_hh = weights[name.replace("weight_ih", "weight_hh")]
-            rows = torch.cat([w_ih, w_hh], dim=1).reshape(gates, module.hidden_size, -1)
-            dead += int((rows == 0).all(dim=2).all(dim=0).sum())
-            total += module.hidden_size
-        return dead / total if total else 0.0
-    unit_rows = []
-    for w in weights.values():
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):  # outputs: dim 1
-            g = module.groups
-            w = w.reshape(g, w.shape[0] // g, w.shape[1], -1).transpose(1, 2)
-            w = w.reshape(g * w.shape[1], -1)
-        unit_rows.append((w.reshape(w.shape[0], -1) == 0).all(dim=1))
-    dead = torch.cat(unit_rows)
-    return float(dead.float().mean()) if dead.numel() else 0.0
+def weight_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's prunable weights (see :mod:`prunekit.layers`) as the forward pass sees them.
+
+    >>> list(weight_tensors(nn.Linear(2, 3))), weight_tensors(nn.Embedding(4, 2))
+    (['weight'], {})
+    """
+    own = direct_parameters(module)
+    return {name: own[name] for name in prunable_weights(module) if name in own}
 
 
 def _reference_parameters(
@@ -204,7 +184,7 @@ def _layer_row(
         params=params,
         nonzero=nonzero,
         sparsity=1.0 - _ratio(nonzero, params) if params else 0.0,
-        structural_sparsity=_structural_sparsity(module, weights),
+        structural_sparsity=handler_for(module).structural_sparsity(module, weights),
         relative_sparsity=relative,
         macs=dense_macs,
         macs_nonzero=nonzero_macs,
@@ -221,8 +201,9 @@ def summary(
 ) -> ModelSummary:
     """Per-layer parameters, sparsity kinds and MACs of `model` for one example, plus totals.
 
-    Rows are the modules that own prunable weights (own parameters named *weight* with >= 2 dims:
-    Linear, Conv, RNN/LSTM/GRU, MultiheadAttention in-projection, Embedding, ...). Relative
+    Rows are the modules that own prunable weights, the same weights ``prunekit.prune`` targets
+    (Linear, Conv, ConvTranspose, RNN/LSTM/GRU, attention projections; see
+    :mod:`prunekit.layers`; embeddings and layers prunekit does not know are not rows). Relative
     sparsity (share of the original weight magnitude that was pruned) uses the masks' original
     values on masked models, else `reference` (the dense model, same parameter names); it is
     None when neither is available. See :func:`count_macs` for what counts as a MAC.

@@ -1,120 +1,222 @@
-"""The one-call API: ``prune(model, method=..., sparsity=...)`` and its composable steps.
+"""``Pruner``: pruning shaped like an optimiser, living in the user's own training loop.
 
-Pipeline: (stats) -> scores -> select -> masks -> apply. Everything the caller passed is
-validated before the model is touched, so a failed call leaves the model exactly as it was.
+    pruner = prunekit.Pruner(model, method="magnitude", sparsity=0.9, scope="global")
+    for inputs, targets in loader:                      # the user's loop and optimiser
+        loss = loss_fn(model(inputs), targets) + pruner.penalty()
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+        pruner.step()                                   # prunes when its schedule says so
+    pruner.finalize()          # plain module: masks baked; structured masks removed physically
+
+It never wraps or patches the optimiser, the model's methods or the loop. Masks are attached
+through parametrizations, which keep the parameter objects the optimiser holds. ``prune()`` is a
+Pruner stepped once.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from prunekit.criteria import Criterion, get_weight_criterion
-from prunekit.criteria.structured import UnitCriterion, get_unit_criterion
-from prunekit.errors import PrunekitError, unknown_name
-from prunekit.masking import apply_masks, get_masks, named_effective_parameters, original_parameter
-from prunekit.select import SCOPES, select_by_ratio, select_by_threshold
-from prunekit.stats import LossFn, collect_gradient_stats
-from prunekit.targets import ExcludeItem, resolve_targets
-from prunekit.types import ParamStats, PruneResult
+from prunekit.errors import PrunekitError
+from prunekit.graph.record import ShrinkRecord
+from prunekit.graph.types import UnitGroup
+from prunekit.granularity import get_granularity
+from prunekit.masking import bake, mask_owners, release_masks, remove_carrying_masks
+from prunekit.pipeline import Pass, prune_pass
+from prunekit.pruner_state import check_state, load_masks, own_masks
+from prunekit.request import PruneOptions, PruneRequest, model_signature, validate_request
+from prunekit.schedules import OneShot, Schedule
+from prunekit.stats import LossFn, preserved_state
+from prunekit.targets import ExcludeItem
+from prunekit.types import PruneResult, SparsityReport
 
-STRUCTURED = ("neuron", "channel", "lstm-unit", "head", "layer")
-#: Granularities that trace the model (torch-pruning's dependency graph) and so need example_inputs.
-TRACED = ("neuron", "channel", "lstm-unit")
-GRANULARITIES = ("unstructured", *STRUCTURED)
 
+class Pruner:
+    """Prunes `model` by `method` towards `sparsity` (or below `threshold`) as `schedule` says.
 
-def compute_scores(
-    model: nn.Module,
-    criterion: Criterion,
-    targets: Iterable[str],
-    stats: Mapping[str, ParamStats] | None = None,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Score every target weight; entries already masked out score -inf so they stay pruned.
+    Arguments mirror :func:`prune`; `scope` is ``"layer"`` (each layer, or each stack of
+    blocks, loses the share) or ``"global"`` (all units compete), by default ``"layer"`` except
+    for granularity ``"layer"`` (``"global"``). `schedule` (default ``OneShot()``: prune at the first
+    ``step()``) decides when. Less common settings are keyword `options` (``loss_fn``,
+    ``exclude``, ``seed``, ``round_to``, ``num_batches``, ``remove``; see ``PruneOptions``).
+    Structured granularities mask units while training, so the optimiser's parameters stay
+    valid; ``finalize()`` removes them physically. Everything is validated here, before the model
+    is touched.
 
-    >>> model = nn.Linear(3, 1)
-    >>> scores = compute_scores(model, get_weight_criterion("magnitude"), ["weight"])
-    >>> bool((scores["weight"] == model.weight.abs()).all())
-    True
+    >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> pruner = Pruner(model, "magnitude", 0.5, scope="global")
+    >>> pruner.step().sparsity_achieved, pruner.step(), pruner.sparsity
+    (0.5, None, SparsityReport(target=0.5, achieved=0.5))
+    >>> pruner.finalize() is model, int((model[0].weight == 0).sum()) > 0
+    (True, True)
     """
-    generator = torch.Generator().manual_seed(seed)
-    effective = dict(named_effective_parameters(model))
-    existing = get_masks(model)
-    scores = {}
-    for name in targets:
-        score = criterion.score(effective[name], (stats or {}).get(name), generator).float()
-        if name in existing:
-            score = score.masked_fill(~existing[name].to(score.device), -math.inf)
-        scores[name] = score
-    return scores
+
+    def __init__(self, model: nn.Module, method: str = "magnitude", sparsity: float | None = None, *,
+                 threshold: float | None = None, granularity: str = "unstructured", scope: str | None = None,
+                 schedule: Schedule | None = None, data: Iterable | None = None, example_inputs: object = None,
+                 **options) -> None:
+        if scope is None:
+            scope = get_granularity(granularity).default_scope
+        self.request = PruneRequest(method, granularity, scope, sparsity, threshold, PruneOptions.from_kwargs(options))
+        granularity_, criterion = validate_request(self.request, data, example_inputs)
+        self.schedule = OneShot() if schedule is None else schedule
+        if not isinstance(self.schedule, Schedule):
+            raise PrunekitError(f"schedule must be a prunekit.schedules.Schedule (e.g. OneShot()), got {schedule!r}")
+        foreign = sorted({owner for owner in mask_owners(model).values() if owner is not None})
+        if foreign:
+            raise PrunekitError(
+                "the model carries masks managed by another Pruner; call finalize() or release() on that "
+                "Pruner first (or prunekit.masking.release_masks(model)), then create this one"
+            )
+        self.model = model
+        self._pass = Pass(self.request, granularity_, criterion, data, example_inputs)
+        self._token = uuid.uuid4().hex
+        self._groups = self._find_groups()  # also validates `exclude` and that there is something to prune
+        self._step = 0
+        self._target: float | None = 0.0 if sparsity is not None else None
+        self._achieved = 0.0
+        self._state = "live"  # -> "finalized" | "released"
+        self.shrink_record: ShrinkRecord | None = None
+        self.last_result: PruneResult | None = None
+
+    # ------------------------------------------------------------------ the optimiser-like API
+
+    def step(self) -> PruneResult | None:
+        """Advance the schedule by one step; prune if it says so. Returns what that pruning did
+        (None when this step does not prune)."""
+        self._check_live("step()")
+        step, self._step = self._step, self._step + 1
+        if not self.schedule.prunes_at(step):
+            return None
+        target = self.schedule.sparsity_at(step, self.request.sparsity) if self.request.sparsity is not None else None
+        result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
+        self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
+        if result.shrink_record is not None:
+            self.shrink_record = result.shrink_record if self.shrink_record is None else self.shrink_record + result.shrink_record
+        return result
+
+    def penalty(self) -> torch.Tensor:
+        """The sparsity-inducing term to add to the loss (zero: this method needs none)."""
+        parameter = next(self.model.parameters(), None)
+        return torch.zeros((), device=parameter.device if parameter is not None else None)
+
+    @property
+    def sparsity(self) -> SparsityReport:
+        """The target the schedule has reached so far and the share of targeted units now gone."""
+        if self._state == "live" and self._step:
+            groups = self._find_groups()
+            present = self._pass.granularity.present(self.model, groups)
+            total = sum(group.num_units for group in groups)
+            self._achieved = 1.0 - sum(int(mask.sum()) for mask in present.values()) / max(total, 1)
+        return SparsityReport(self._target, self._achieved)
+
+    @property
+    def done(self) -> bool:
+        """True once the schedule will not prune again."""
+        return self.schedule.finished(self._step)
+
+    @property
+    def finalized(self) -> bool:
+        """True after ``finalize()``."""
+        return self._state == "finalized"
+
+    def finalize(self, example_inputs: object = None) -> nn.Module:
+        """End pruning: structured units whose masks removed them go physically (other masks
+        are carried along), then every mask is baked in. Returns the model, now plain; the
+        removal record is ``pruner.shrink_record``. Rebuild the optimiser afterwards when units
+        were removed. `example_inputs` default to the constructor's."""
+        self._check_live("finalize()")
+        granularity = self._pass.granularity
+        inputs = self._pass.example_inputs if example_inputs is None else example_inputs
+        if granularity.removable:
+            if granularity.needs_example_inputs and inputs is None:
+                raise PrunekitError(
+                    f"finalize() removes {granularity.unit} units by tracing the model; pass "
+                    "example_inputs=<a small batch of real inputs>"
+                )
+            record = remove_masked_units(self.model, granularity.name, inputs, self.request.options.exclude)
+            self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
+        bake(self.model)
+        self._state = "finalized"
+        return self.model
+
+    def release(self) -> None:
+        """Stop managing the model: its masks stay attached (pruned weights stay zero) but belong
+        to nobody, so another Pruner may prune it further."""
+        self._check_live("release()")
+        release_masks(self.model, self._token)
+        self._state = "released"
+
+    # ------------------------------------------------------------------ resuming
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: settings, schedule position and this Pruner's masks."""
+        return {
+            "format": "prunekit-pruner", "version": 1, "request": self.request.describe(),
+            "schedule": self.schedule.to_dict(), "step": self._step, "target": self._target,
+            "achieved": self._achieved, "state": self._state,
+            "model": model_signature(self.model), "masks": own_masks(self.model, self._token),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``: same masks, same schedule position. A state from another
+        model, method, granularity or schedule is refused before anything changes."""
+        self._check_live("load_state_dict()")
+        check_state(state, self.request.describe(), self.schedule.to_dict(), model_signature(self.model))
+        load_masks(self.model, state["masks"], self._token)
+        self._step, self._target, self._achieved = int(state["step"]), state["target"], float(state["achieved"])
+        self._state = state["state"]
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_live(self, action: str) -> None:
+        if self._state != "live":
+            raise PrunekitError(
+                f"{action} after this Pruner was {self._state}: it no longer manages the model; create a new "
+                "Pruner to prune further"
+            )
+
+    def _find_groups(self) -> list[UnitGroup]:
+        """The groups of the model as it is now (found again only when its shapes changed)."""
+        signature = model_signature(self.model)
+        if getattr(self, "_groups_signature", None) != signature:
+            with preserved_state(self.model):
+                self.model.eval()
+                self._groups = self._pass.granularity.find(self.model, self._pass.example_inputs,
+                                                           self.request.options.exclude)
+            self._groups_signature = signature
+        return self._groups
 
 
-def validate_request(
-    model: nn.Module,
-    method: str,
-    granularity: str,
-    sparsity: float | None,
-    scope: str,
-    threshold: float | None,
-    data: object,
-    example_inputs: object = None,
-    round_to: int | None = None,
-) -> Criterion | UnitCriterion:
-    """Check the options of a :func:`prune` call without touching `model`; returns the criterion.
+def remove_masked_units(model: nn.Module, granularity: str, example_inputs: object = None,
+                        exclude: Iterable[ExcludeItem] = ()) -> ShrinkRecord:
+    """Physically remove the `granularity` units that masks have removed (after
+    ``prune(..., remove=False)`` or a Pruner's masking); other masks are carried along.
 
-    >>> validate_request(nn.Linear(2, 2), "magnitude", "unstructured", 0.5, "layer", None, None).name
-    'magnitude'
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    >>> x = torch.ones(2, 4)
+    >>> _ = prune(model, "l1", 0.5, granularity="neuron", example_inputs=x, remove=False)
+    >>> record = remove_masked_units(model, "neuron", x)
+    >>> model[0].out_features, [step["removed"] for step in record.steps] != []
+    (3, True)
     """
-    if granularity not in GRANULARITIES:
-        raise unknown_name("granularity", granularity, GRANULARITIES)
-    if granularity == "unstructured":
-        criterion = get_weight_criterion(method)
-    else:
-        criterion = get_unit_criterion(method, granularity)
-        if threshold is not None:
-            raise PrunekitError(
-                f"granularity '{granularity}' selects units by ratio only; pass sparsity= "
-                "(the fraction of units to remove) instead of threshold="
-            )
-        if granularity == "layer" and round_to is not None:
-            raise PrunekitError("round_to rounds unit counts inside a layer; it does not apply to granularity 'layer'")
-        if example_inputs is None and granularity in TRACED:
-            raise PrunekitError(
-                f"granularity '{granularity}' traces the model to find coupled layers; pass "
-                "example_inputs=<a small batch of real inputs>"
-            )
-    if (sparsity is None) == (threshold is None):
+    unit_granularity = get_granularity(granularity)
+    if not unit_granularity.removable:
+        raise PrunekitError(f"granularity '{granularity}' has no units to remove physically; bake the masks instead")
+    if unit_granularity.needs_example_inputs and example_inputs is None:
         raise PrunekitError(
-            "give exactly one of sparsity= (fraction of weights to remove) or threshold= "
-            f"(remove scores below it); got sparsity={sparsity!r}, threshold={threshold!r}"
+            f"removing {granularity} units traces the model; pass example_inputs=<a small batch of real inputs>"
         )
-    if sparsity is not None and not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
-        raise PrunekitError(f"sparsity must be a number in [0, 1), got {sparsity!r}; 0.9 removes 90%")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-        raise PrunekitError(f"threshold must be a finite number, got {threshold!r}")
-    if scope not in SCOPES:
-        raise unknown_name("scope", scope, SCOPES)
-    if criterion.needs is not None and data is None:
-        raise PrunekitError(
-            f"method '{method}' needs data (it scores by {criterion.needs}): pass "
-            "data=<iterable of (inputs, targets) batches>, e.g. a DataLoader over training data"
-        )
-    return criterion
-
-
-def _check_finite(model: nn.Module, targets: Iterable[str]) -> None:
-    for name in targets:
-        values = original_parameter(model, name)
-        if not torch.isfinite(values).all():
-            raise PrunekitError(
-                f"parameter '{name}' contains NaN or Inf values; fix or retrain the model before "
-                "pruning (scores of non-finite weights are meaningless)"
-            )
+    with preserved_state(model):
+        model.eval()
+        groups = unit_granularity.find(model, example_inputs, tuple(exclude))
+        keep = unit_granularity.kept(model, groups)
+    with preserved_state(model):
+        return remove_carrying_masks(
+            model, lambda target, check: unit_granularity.remove(target, groups, keep, example_inputs, check))
 
 
 def prune(
@@ -122,7 +224,7 @@ def prune(
     method: str = "magnitude",
     sparsity: float | None = None,
     granularity: str = "unstructured",
-    scope: str = "layer",
+    scope: str | None = None,
     threshold: float | None = None,
     data: Iterable | None = None,
     loss_fn: LossFn | None = None,
@@ -133,7 +235,7 @@ def prune(
     round_to: int | None = None,
     remove: bool = True,
 ) -> PruneResult:
-    """Prune `model` in place and report what changed.
+    """Prune `model` in place once and report what changed (a :class:`Pruner` stepped once).
 
     Unstructured: masks are attached through parametrizations and stay through fine-tuning; call
     :func:`prunekit.bake` for a plain model. A second call prunes further (sparsity is the total).
@@ -142,79 +244,21 @@ def prune(
     `sparsity` is the fraction of units removed (neurons, channels, LSTM hidden units, attention
     heads, or whole blocks); with ``remove=True`` (default) they are removed physically, so the
     model really gets smaller and faster (``result.shrink_record`` replays the removal on a fresh
-    model, see :func:`prunekit.graph.replay`); with ``remove=False`` they are masked to zero
-    instead. neuron/channel/lstm-unit trace the model and need `example_inputs`; ``"layer"``
-    removes the identity-shortcut residual blocks / transformer layers whose removal costs least
-    (``method="removal-cost"`` measures that on `data`) and always keeps one.
+    model, see :func:`prunekit.graph.replay`), carrying any masks along; with ``remove=False``
+    they are masked to zero instead (:func:`remove_masked_units` removes them later).
+    neuron/channel/lstm-unit trace the model and need `example_inputs`; ``"layer"`` removes the
+    identity-shortcut residual blocks / transformer layers whose removal costs least
+    (``method="removal-cost"`` measures that on `data`) and keeps one block of every stack.
+    `scope` defaults to ``"layer"`` (``"global"`` for granularity ``"layer"``); see :class:`Pruner`.
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
     >>> round(result.sparsity_achieved, 2)
     0.5
     """
-    start = time.perf_counter()
-    criterion = validate_request(model, method, granularity, sparsity, scope, threshold, data, example_inputs,
-                                 round_to)
-    if granularity != "unstructured":
-        from prunekit.depth import prune_layers
-        from prunekit.structured import UnitRequest, prune_units
-
-        request = UnitRequest(granularity, float(sparsity), scope, tuple(exclude), seed, round_to, remove, num_batches)
-        prune_structure = prune_layers if granularity == "layer" else prune_units
-        return prune_structure(model, criterion, request, data, loss_fn, example_inputs, start)
-    targets = resolve_targets(model, exclude)
-    _check_finite(model, targets)
-    stats = None
-    if criterion.needs == "gradients":
-        stats = collect_gradient_stats(model, data, targets, loss_fn, num_batches)
-    nonzero_before = _count_nonzero(model, targets)
-    scores = compute_scores(model, criterion, targets, stats, seed)
-    if sparsity is not None:
-        masks = select_by_ratio(scores, float(sparsity), scope)
-    else:
-        masks = select_by_threshold(scores, float(threshold))
-    apply_masks(model, masks)
-    return _result(model, method, granularity, scope, sparsity, threshold, targets, nonzero_before, start)
-
-
-def _count_nonzero(model: nn.Module, targets: Iterable[str]) -> int:
-    effective = dict(named_effective_parameters(model))
-    return sum(int(torch.count_nonzero(effective[name])) for name in targets)
-
-
-def _result(
-    model: nn.Module,
-    method: str,
-    granularity: str,
-    scope: str,
-    sparsity: float | None,
-    threshold: float | None,
-    targets: list[str],
-    nonzero_before: int,
-    start: float,
-) -> PruneResult:
-    masks = get_masks(model)
-    effective = dict(named_effective_parameters(model))
-    pruned_magnitude = total_magnitude = 0.0
-    layer_sparsity = {}
-    for name in targets:
-        original = original_parameter(model, name).detach().abs()
-        total_magnitude += float(original.sum())
-        if name in masks:
-            pruned_magnitude += float(original[~masks[name]].sum())
-        layer_sparsity[name] = 1.0 - int(torch.count_nonzero(effective[name])) / effective[name].numel()
-    return PruneResult(
-        method=method,
-        granularity=granularity,
-        scope=scope,
-        sparsity_target=sparsity,
-        threshold=threshold,
-        targets=list(targets),
-        params_targeted=sum(effective[name].numel() for name in targets),
-        nonzero_before=nonzero_before,
-        nonzero_after=_count_nonzero(model, targets),
-        relative_sparsity=pruned_magnitude / total_magnitude if total_magnitude else 0.0,
-        seconds=time.perf_counter() - start,
-        layer_sparsity=layer_sparsity,
-        masks={name: masks[name] for name in targets if name in masks},
-    )
+    pruner = Pruner(model, method, sparsity, threshold=threshold, granularity=granularity, scope=scope, data=data,
+                    example_inputs=example_inputs, loss_fn=loss_fn, exclude=exclude, seed=seed,
+                    num_batches=num_batches, round_to=round_to, remove=remove)
+    result = pruner.step()
+    pruner.release()
+    return result

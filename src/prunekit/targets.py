@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from prunekit.errors import PrunekitError, unknown_name
+from prunekit.layers import prunable_weights
 from prunekit.masking import named_effective_parameters, split_name
 
 ExcludeItem = str | type[nn.Module]
@@ -44,21 +45,6 @@ def excluded_module_names(model: nn.Module, exclude: Iterable[ExcludeItem] = ())
     return excluded
 
 
-def _prunable_weight_names(module: nn.Module) -> list[str]:
-    """The weight tensors of `module` that unstructured pruning considers (biases never)."""
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return ["weight"]
-    if isinstance(module, nn.RNNBase):
-        return [name for name in module._flat_weights_names if name.startswith("weight_")]
-    if isinstance(module, nn.MultiheadAttention):
-        return (
-            ["in_proj_weight"]
-            if module.in_proj_weight is not None
-            else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
-        )
-    return []
-
-
 def _matches(item: ExcludeItem, module_name: str, module: nn.Module, fqn: str) -> bool:
     if isinstance(item, type):
         return isinstance(module, item)
@@ -82,7 +68,7 @@ def resolve_targets(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> li
     candidates: list[tuple[str, nn.Module, str]] = []
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        for param_name in _prunable_weight_names(module):
+        for param_name in prunable_weights(module):
             if prefix + param_name in present:
                 candidates.append((module_name, module, prefix + param_name))
     used = [False] * len(exclude)

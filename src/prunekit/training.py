@@ -1,7 +1,9 @@
 """Train and evaluate models, and cache trained baselines on disk.
 
 ``train`` is a plain supervised loop (cross-entropy by default, or any ``loss_fn``) that is
-deterministic on CPU for a given seed and loader. It builds its optimiser from
+deterministic on CPU for a given seed and loader, and leaves the caller's global RNG state as it found
+it. :class:`TrainCallback` hooks let a caller add a penalty to each batch's loss or act after each
+optimiser step (e.g. drive a pruner) without patching anything. It builds its optimiser from
 ``model.parameters()``, so it works unchanged on models whose weights carry
 ``torch.nn.utils.parametrize`` keep-masks: the optimiser then updates the ``original`` tensors and
 the masks keep pruned weights at zero in every forward pass.
@@ -13,9 +15,10 @@ reloads it from ``{cache_dir}/{model}-{dataset}-s{seed}-e{epochs}.pt``.
 from __future__ import annotations
 
 import os
+import reprlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +32,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from prunekit.data import DatasetSplits, list_datasets, load_dataset, make_loader
+from prunekit.callbacks import TrainCallback, validated_callbacks
+from prunekit.rng import cuda_devices_of, seeded_rng
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.io import atomic_save
 from prunekit.zoo import build_model, list_models
@@ -131,28 +136,64 @@ def _validate_train_args(model: nn.Module, loader: DataLoader, epochs: int, lr: 
         raise PrunekitError("the training loader yields no batches; pass a non-empty dataset")
 
 
-def _train_epoch(model, loader, optimizer, scheduler, loss_fn: LossFn, progress_bar_title: str,
-                 progress: bool) -> float:
-    """One pass over `loader`; returns the mean loss over examples."""
+@dataclass(frozen=True)
+class _Loop:
+    """What every batch of one `train` run uses."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: LossFn
+    callbacks: tuple[TrainCallback, ...]
+    progress: bool
+
+
+def _batch_losses(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  loop: _Loop) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task loss of one batch and the loss to backpropagate (after every callback's ``on_loss``)."""
+    task_loss = loop.loss_fn(model, inputs, targets)
+    loss = task_loss
+    for callback in loop.callbacks:
+        loss = callback.on_loss(loss, inputs, targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise PrunekitError(f"{type(callback).__name__}.on_loss returned {reprlib.repr(loss)}; it must "
+                                "return the loss as a one-element tensor, e.g. `return loss + penalty`")
+    return task_loss, loss
+
+
+def _check_finite(task_loss: torch.Tensor, loss: torch.Tensor, where: str) -> None:
+    if torch.isfinite(loss):
+        return
+    if loss is task_loss or not torch.isfinite(task_loss):
+        raise PrunekitError(f"training loss became {loss.item()} ({where}); lower the learning rate")
+    raise PrunekitError(f"training loss became {loss.item()} after the callbacks' on_loss ({where}; the task "
+                        f"loss was {task_loss.item()}); lower the penalty's weight or the learning rate")
+
+
+def _train_epoch(model: nn.Module, loader: DataLoader, loop: _Loop, progress_bar_title: str,
+                 steps_done: int) -> tuple[float, int]:
+    """One pass over `loader`; returns the mean task loss over examples and the steps done so far."""
     device = _model_device(model)
     total_loss, total_examples = 0.0, 0
-    batches = tqdm(loader, desc=progress_bar_title, disable=not progress, leave=False)
+    # tqdm.auto opens (and drops) one extra iterator of `loader`, which draws a seed from its generator;
+    # trained weights (and so cached baselines) depend on that stream: keep the call as it is
+    batches = tqdm(loader, desc=progress_bar_title, disable=not loop.progress, leave=False)
     for inputs, targets in batches:
         inputs, targets = inputs.to(device), targets.to(device)
-        loss = loss_fn(model, inputs, targets)
-        if not torch.isfinite(loss):
-            raise PrunekitError(
-                f"training loss became {loss.item()} ({progress_bar_title}); lower the learning rate"
-            )
-        optimizer.zero_grad(set_to_none=True)
+        task_loss, loss = _batch_losses(model, inputs, targets, loop)
+        _check_finite(task_loss, loss, progress_bar_title)
+        loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total_loss += loss.item() * len(targets)
+        loop.optimizer.step()
+        if loop.scheduler is not None:
+            loop.scheduler.step()
+        steps_done += 1
+        for callback in loop.callbacks:
+            callback.on_step(steps_done)
+        batch_loss = task_loss.item()
+        total_loss += batch_loss * len(targets)
         total_examples += len(targets)
-        batches.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return total_loss / max(total_examples, 1)
+        batches.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
+    return total_loss / max(total_examples, 1), steps_done
 
 
 def train(
@@ -168,16 +209,22 @@ def train(
     progress: bool = True,
     val_loader: DataLoader | None = None,
     loss_fn: LossFn | None = None,
+    callbacks: Sequence[TrainCallback] = (),
 ) -> list[dict[str, float]]:
     """Train `model` in place and return one history entry per epoch.
 
-    Seeds torch's global RNG with `seed` first; with a loader from
+    Every random draw inside (dropout, a loader's shuffling when it has no generator of its own)
+    comes from torch's RNG seeded with `seed` exactly as ``torch.manual_seed(seed)`` would, inside
+    ``torch.random.fork_rng``: the caller's global RNG state is left as it was. With a loader from
     :func:`prunekit.data.make_loader` two runs from the same weights, seed and fresh loader give
     bit-identical weights on CPU. `optimizer` is ``"adam"`` or ``"sgd"`` (momentum 0.9);
     `lr_schedule` ``"cosine"`` anneals the learning rate from `lr` to 0 over all steps of the run.
     `loss_fn(model, inputs, targets)` replaces the default cross-entropy (e.g. for distillation).
-    Each entry holds ``epoch``, ``loss`` (mean training loss), ``seconds`` and, with a
-    `val_loader`, ``val_accuracy``. The model is left in train mode.
+    Each :class:`TrainCallback` in `callbacks` may change each batch's loss (``on_loss``, applied
+    in order) and hears each step (``on_step``); all are checked before any training happens.
+    Each entry holds ``epoch``, ``loss`` (mean training loss of `loss_fn`, before any callback's
+    ``on_loss``), ``seconds`` and, with a `val_loader`, ``val_accuracy``. The model is left in
+    train mode.
 
     >>> from prunekit.data import load_dataset, make_loader
     >>> from prunekit.zoo import build_model
@@ -188,22 +235,23 @@ def train(
     ['epoch', 'loss', 'seconds']
     """
     _validate_train_args(model, loader, epochs, lr, optimizer, lr_schedule)
-    loss_fn = cross_entropy_loss if loss_fn is None else loss_fn
-    torch.manual_seed(seed)
+    callbacks = validated_callbacks(callbacks)
     optimizer_instance = _make_optimizer(model, optimizer, lr, weight_decay)
     scheduler = None
     if lr_schedule == "cosine" and epochs > 0:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer_instance, T_max=epochs * len(loader))
-    history = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        mean_loss = _train_epoch(model, loader, optimizer_instance, scheduler, loss_fn, f"epoch {epoch}/{epochs}",
-                                 progress)
-        entry = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - start}
-        if val_loader is not None:
-            entry["val_accuracy"] = evaluate(model, val_loader)
-        history.append(entry)
+    loop = _Loop(optimizer_instance, scheduler, cross_entropy_loss if loss_fn is None else loss_fn, callbacks,
+                 progress)
+    history, steps_done = [], 0
+    with seeded_rng(seed, cuda_devices_of(model)):
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            mean_loss, steps_done = _train_epoch(model, loader, loop, f"epoch {epoch}/{epochs}", steps_done)
+            entry = {"epoch": epoch, "loss": mean_loss, "seconds": time.perf_counter() - start}
+            if val_loader is not None:
+                entry["val_accuracy"] = _accuracy(model, val_loader)  # draws inside the seeded RNG, as before
+            history.append(entry)
     model.train()
     return history
 
@@ -223,7 +271,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def evaluate(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy of `model` over `loader`, a fraction in [0, 1].
 
-    Runs under ``torch.no_grad()`` in eval mode and restores every submodule's previous mode.
+    Runs under ``torch.no_grad()`` in eval mode and restores every submodule's previous mode and
+    torch's global RNG state.
 
     >>> from torch.utils.data import TensorDataset
     >>> model = nn.Linear(2, 2)
@@ -233,6 +282,12 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     >>> round(evaluate(model, DataLoader(data, batch_size=2)), 4)
     0.6667
     """
+    with torch.random.fork_rng(devices=[]):  # a loader without its own generator draws a seed from it
+        return _accuracy(model, loader)
+
+
+def _accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """:func:`evaluate` without restoring torch's RNG state (inside `train`, whose RNG is forked already)."""
     device = _model_device(model)
     correct, total = 0, 0
     with _eval_mode(model), torch.no_grad():
@@ -309,7 +364,8 @@ def get_baseline(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A zoo model trained on a bundled dataset with its default recipe, cached on disk.
 
-    Weights are initialised and trained with `seed`; `epochs` overrides the recipe's epoch count.
+    Weights are initialised and trained with `seed` (the caller's global RNG state is left as it
+    was); `epochs` overrides the recipe's epoch count.
     The first call trains and writes ``{cache_dir}/{model}-{dataset}-s{seed}-e{epochs}.pt``
     atomically; later calls load it. A cached file made with a different recipe or an older
     architecture is retrained (with a warning). Returns ``(model in eval mode, meta)`` where meta
@@ -329,11 +385,11 @@ def get_baseline(
         raise PrunekitError(f"epochs must be an int >= 1 (or None for the default); got {epochs!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise PrunekitError(f"seed must be an int >= 0 (it names the cache file); got {seed!r}")
-    torch.manual_seed(seed)
-    model = build_model(model_name, splits.input_shape, splits.num_classes)
     path = baseline_path(model_name, dataset_name, seed, config.epochs, cache_dir)
-    meta = _load_cached(path, model, config) if path.is_file() else None
-    if meta is None:
-        meta = _train_baseline(model, model_name, splits, seed, config, progress)
-        atomic_save({"state_dict": model.state_dict(), "meta": meta}, path)
+    with seeded_rng(seed):  # the same initial weights as torch.manual_seed(seed); caller's RNG kept
+        model = build_model(model_name, splits.input_shape, splits.num_classes)
+        meta = _load_cached(path, model, config) if path.is_file() else None
+        if meta is None:
+            meta = _train_baseline(model, model_name, splits, seed, config, progress)
+            atomic_save({"state_dict": model.state_dict(), "meta": meta}, path)
     return model.eval(), meta

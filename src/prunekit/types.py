@@ -1,4 +1,4 @@
-"""Small value types shared across the pipeline."""
+"""Small value types shared across the pipeline: what criteria see, and what a pruning step did."""
 
 from __future__ import annotations
 
@@ -7,22 +7,71 @@ from typing import Any
 
 import torch
 
+#: ``(slices, unit_index)``: row ``i`` of `slices` is one slice of a weight (flattened), and
+#: ``unit_index[i]`` the unit it belongs to, or -1 when it belongs to none.
+Slices = tuple[torch.Tensor, torch.Tensor]
+
 
 @dataclass(frozen=True)
-class ParamStats:
-    """What was observed about one parameter while running data through the model.
+class Signal:
+    """What was observed of each unit's value `x` on data, averaged over what the data offered.
 
-    ``grad_abs_mean`` is the mean over batches of |dL/dw| (per-batch absolute values, so
-    gradients of opposite sign in different batches do not cancel).
+    `x` is the unit's own value: the weight itself for unstructured pruning, the activation a
+    neuron / channel / hidden unit produces, or the contribution of an attention head. Fields a
+    collector did not measure are None.
+
+    * ``mean_abs``: mean |x|
+    * ``zero_fraction``: fraction of observations with x <= 0 (the zeros a ReLU makes: APoZ)
+    * ``grad_abs``: mean |dL/dx|
+    * ``taylor``: mean |x * dL/dx| (first-order estimate of the loss change when x is removed)
     """
 
-    grad_abs_mean: torch.Tensor | None = None
-    batches: int = 0
+    mean_abs: torch.Tensor | None = None
+    zero_fraction: torch.Tensor | None = None
+    grad_abs: torch.Tensor | None = None
+    taylor: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything a criterion may use to score the units of one group.
+
+    Scores come out in `shape` (the weight's shape for unstructured pruning, ``(num_units,)``
+    otherwise). The granularity fills what it can see: `weight` (unstructured), the weight
+    slices each unit owns (`incoming`: the unit's own filter / row; `outgoing`: what reads it),
+    the scale of a normalisation layer after it, what was observed on data (`signal`), or the
+    measured loss increase when each unit alone is removed (`removal_cost`).
+    """
+
+    shape: tuple[int, ...]
+    weight: torch.Tensor | None = None
+    incoming: tuple[Slices, ...] = ()
+    outgoing: tuple[Slices, ...] = ()
+    norm_scale: torch.Tensor | None = None
+    signal: Signal | None = None
+    removal_cost: torch.Tensor | None = None
+
+    @property
+    def num_units(self) -> int:
+        """How many units the group has (entries of `shape`).
+
+        >>> Evidence((2, 3)).num_units
+        6
+        """
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
 
 
 @dataclass
 class PruneResult:
-    """What one call to :func:`prunekit.prune` did, with before/after counts over its targets."""
+    """What one pruning step did, with before/after counts of the units it targeted.
+
+    Counts are of `unit`s: weights for unstructured pruning (a weight counts as present while it
+    is nonzero), else neurons, channels, LSTM hidden units, heads or layers (present while not
+    removed or masked). `layer_sparsity` is the share of each group's units that is gone.
+    """
 
     method: str
     granularity: str
@@ -30,22 +79,22 @@ class PruneResult:
     sparsity_target: float | None
     threshold: float | None
     targets: list[str]
-    params_targeted: int
-    nonzero_before: int
-    nonzero_after: int
+    unit: str
+    units_targeted: int
+    units_before: int
+    units_after: int
     relative_sparsity: float
     seconds: float
     layer_sparsity: dict[str, float] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    unit: str = "weight"
     params_before: int | None = None
     params_after: int | None = None
     shrink_record: Any = field(default=None, repr=False)
 
     @property
     def sparsity_achieved(self) -> float:
-        """Fraction of targeted units (weights, or neurons/channels/...) removed or zeroed."""
-        return 1.0 - self.nonzero_after / max(self.params_targeted, 1)
+        """Fraction of the targeted units that are gone (removed, masked or zero)."""
+        return 1.0 - self.units_after / max(self.units_targeted, 1)
 
     def __str__(self) -> str:
         goal = (
@@ -55,8 +104,8 @@ class PruneResult:
         )
         lines = [
             f"{self.method} / {self.granularity} / {self.scope} scope, {goal}: "
-            f"{self.sparsity_achieved:.2%} of {self.params_targeted:,} targeted {self.unit}s pruned "
-            f"({self.nonzero_before:,} -> {self.nonzero_after:,} left), "
+            f"{self.sparsity_achieved:.2%} of {self.units_targeted:,} targeted {self.unit}s pruned "
+            f"({self.units_before:,} -> {self.units_after:,} left), "
             f"relative sparsity {self.relative_sparsity:.2%}, {self.seconds:.2f} s"
         ]
         if self.params_before is not None:
@@ -64,3 +113,14 @@ class PruneResult:
         for name, layer_sparsity in self.layer_sparsity.items():
             lines.append(f"  {name:<40} {layer_sparsity:7.2%}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """``pruner.sparsity``: the target its schedule has reached so far and what the model has.
+
+    `target` is None for threshold pruning; `achieved` is the share of targeted units gone.
+    """
+
+    target: float | None
+    achieved: float

@@ -1,69 +1,117 @@
-"""Registry of pruning criteria: pure functions from tensors (and observed stats) to scores.
+"""Registry of pruning criteria: pure functions ``(Evidence, Generator) -> scores``, higher = keep.
 
-A higher score means "more important, keep". Adding a criterion is one function plus one
-``register`` line; criteria never look at layer types.
+A criterion says which piece of evidence it `reads`; a granularity says which pieces it can
+provide (``prunekit.granularity``), so a criterion works with every granularity that provides
+what it reads, and neither names the other. Criteria never look at layer types. Adding a
+criterion = one function + one line in ``CRITERIA``.
+
+    reads                  what it is                                     needs data
+    weight                 the weight tensor (unstructured)               no
+    incoming               weight slices each unit owns (+ outgoing)      no
+    norm_scale             |gamma| of the BatchNorm after each unit       no
+    signal.<field>         what was observed of each unit's value x on    activations / gradients
+                           data (the weight itself, or an activation)
+    activation.<field>     the same, where x is an activation (units)     activations / gradients
+    removal_cost           loss increase when each unit alone is removed  removal-loss
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 
+from prunekit.criteria import observed, random_scores, weights
 from prunekit.errors import unknown_name
-from prunekit.types import ParamStats
+from prunekit.types import Evidence
 
-WeightScoreFn = Callable[[torch.Tensor, ParamStats | None, torch.Generator], torch.Tensor]
+ScoreFn = Callable[[Evidence, torch.Generator], torch.Tensor]
+
+#: What data a criterion needs, by the evidence it reads (absent: none).
+NEEDS = MappingProxyType({
+    "activation.mean_abs": "activations",
+    "activation.zero_fraction": "activations",
+    "activation.grad_abs": "gradients",
+    "signal.grad_abs": "gradients",
+    "signal.taylor": "gradients",
+    "removal_cost": "removal-loss",
+})
 
 
 @dataclass(frozen=True)
 class Criterion:
-    """A named scoring rule. ``needs`` names the data it requires (``None``, ``"gradients"``)."""
+    """A named scoring rule and the evidence it reads (None: nothing, e.g. random)."""
 
     name: str
-    score: WeightScoreFn
+    score: ScoreFn
     description: str
-    needs: str | None = None
+    reads: str | None = None
+
+    @property
+    def needs(self) -> str | None:
+        """The data it needs: None, ``"activations"``, ``"gradients"`` or ``"removal-loss"``.
+
+        >>> CRITERIA["taylor"].needs, CRITERIA["magnitude"].needs
+        ('gradients', None)
+        """
+        return NEEDS.get(self.reads) if self.reads is not None else None
+
+    def works_with(self, provided: Iterable[str]) -> bool:
+        """Whether a granularity that provides `provided` evidence can use this criterion."""
+        return self.reads is None or self.reads in set(provided)
 
 
-def _build_registry() -> dict[str, Criterion]:
-    from prunekit.criteria import gradient, magnitude, random_scores
-
-    criteria = [
-        Criterion("magnitude", magnitude.magnitude, "|w|: smallest absolute weights go first"),
-        Criterion(
-            "normalized",
-            magnitude.normalized,
-            "|w| / sum|w| within the layer, so layers of different scale rank fairly in global scope",
-        ),
-        Criterion(
-            "gradient",
-            gradient.gradient,
-            "|dL/dw| averaged over data batches: weights the loss is least sensitive to go first",
-            needs="gradients",
-        ),
-        Criterion(
-            "taylor",
-            gradient.taylor,
-            "|w * dL/dw| (first-order Taylor estimate of the loss change when w is removed)",
-            needs="gradients",
-        ),
-        Criterion("random", random_scores.random, "uniform random scores: the baseline to beat"),
-    ]
-    return {criterion.name: criterion for criterion in criteria}
-
-
-WEIGHT_CRITERIA: dict[str, Criterion] = _build_registry()
+CRITERIA: MappingProxyType = MappingProxyType({criterion.name: criterion for criterion in [
+    Criterion("magnitude", weights.magnitude, "|w|: smallest absolute weights go first", "weight"),
+    Criterion("normalized", weights.normalized,
+              "|w| / sum|w| within the layer, so layers of different scale rank fairly in global scope", "weight"),
+    Criterion("l1", weights.l1, "L1 norm of the unit's incoming weights (filter / row)", "incoming"),
+    Criterion("l2", weights.l2, "L2 norm of the unit's incoming weights", "incoming"),
+    Criterion("weight-norm", weights.weight_norm, "L2 norm of all the unit's incoming and outgoing connections",
+              "incoming"),
+    Criterion("fpgm", weights.fpgm, "distance to the other filters (geometric median: most replaceable first)",
+              "incoming"),
+    Criterion("bn-scale", weights.bn_scale, "|gamma| of the following BatchNorm (network slimming)", "norm_scale"),
+    Criterion("gradient", observed.gradient,
+              "|dL/dw| averaged over data batches: weights the loss is least sensitive to go first", "signal.grad_abs"),
+    Criterion("activation-gradient", observed.gradient, "mean |dL/da| over data (the unit's activation a)",
+              "activation.grad_abs"),
+    Criterion("taylor", observed.taylor,
+              "mean |x * dL/dx| over data (first-order Taylor estimate of the loss change when the weight or "
+              "activation x is removed)", "signal.taylor"),
+    Criterion("activation-mean", observed.activation_mean, "mean |activation| over data (heads: mean L2 norm "
+              "of the head's contribution to the attention output)", "activation.mean_abs"),
+    Criterion("apoz", observed.apoz, "average percentage of zeros after ReLU (most silent first)",
+              "activation.zero_fraction"),
+    Criterion("removal-cost", observed.removal_cost, "loss increase on data when the layer alone is removed",
+              "removal_cost"),
+    Criterion("random", random_scores.random, "uniform random scores: the baseline to beat"),
+]})
 
 
-def get_weight_criterion(name: str) -> Criterion:
-    """Look up an unstructured (per-weight) criterion by name.
+def criteria_for(provided: Iterable[str]) -> dict[str, Criterion]:
+    """The criteria a granularity that provides `provided` evidence can use, by name.
 
-    >>> get_weight_criterion("magnitude").needs is None
+    >>> sorted(criteria_for(["weight", "signal.grad_abs"]))
+    ['gradient', 'magnitude', 'normalized', 'random']
+    """
+    provided = set(provided)
+    return {name: criterion for name, criterion in CRITERIA.items() if criterion.works_with(provided)}
+
+
+def get_criterion(name: str, provided: Iterable[str], kind: str = "method") -> Criterion:
+    """The criterion `name` if it can use `provided` evidence; else an error listing those that
+    can (`kind` names them in the message, e.g. "channel method").
+
+    >>> get_criterion("l1", ["incoming"]).needs is None
     True
     """
-    try:
-        return WEIGHT_CRITERIA[name]
-    except KeyError:
-        raise unknown_name("unstructured method", name, WEIGHT_CRITERIA) from None
+    usable = criteria_for(provided)
+    if name not in usable:
+        raise unknown_name(kind, name, usable)
+    return usable[name]
+
+
+__all__ = ["CRITERIA", "NEEDS", "Criterion", "criteria_for", "get_criterion"]

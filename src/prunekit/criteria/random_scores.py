@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from prunekit.types import ParamStats
+from prunekit.types import Evidence
 
 
-def random(weight: torch.Tensor, stats: ParamStats | None, generator: torch.Generator) -> torch.Tensor:
-    """Score each weight uniformly at random (reproducible through `generator`).
+def random(evidence: Evidence, generator: torch.Generator) -> torch.Tensor:
+    """Uniform random scores, reproducible through `generator`, for any granularity.
 
-    >>> random(torch.zeros(3), None, torch.Generator().manual_seed(0)).shape
+    >>> random(Evidence((3,)), torch.Generator().manual_seed(0)).shape
     torch.Size([3])
     """
-    return torch.rand(weight.shape, generator=generator)
+    return torch.rand(evidence.shape, generator=generator)

@@ -6,130 +6,47 @@ attention module, in the representation of ``types.py``, so criteria, selection 
 rows and its output-projection columns is the masked equivalent of removing it: its scores are
 0, its values are 0, so it adds exactly nothing. ``shrink_heads`` removes heads physically and
 returns a ``ShrinkRecord`` that ``prunekit.graph.replay`` applies to a fresh model. Head
-statistics from data live in ``head_stats.py``; the narrowed attention module in ``attention.py``.
+statistics from data live in ``prunekit.stats.heads``.
 
-Supported attention modules (anything else is not a head group):
-
-* ``nn.MultiheadAttention`` with packed ``in_proj_weight`` (``kdim == vdim == embed_dim``), no
-  ``bias_k``/``bias_v``, no ``add_zero_attn``; batch_first or not. Removing heads replaces it by
-  a ``PrunedMultiheadAttention`` (``nn.MultiheadAttention`` assumes inner width == embed_dim).
-* Hugging Face BERT-style self-attention (transformers 5.x ``BertSelfAttention``, RoBERTa, ...):
-  a module with ``query``/``key``/``value`` ``nn.Linear`` children and integer attributes
-  ``num_attention_heads`` and ``attention_head_size``, whose parent has ``output.dense``.
+Which attention layouts have heads is said in ``prunekit.layers.attention``. Removing heads of an
+``nn.MultiheadAttention`` replaces it by a ``PrunedMultiheadAttention``
+(``nn.MultiheadAttention`` assumes inner width == embed_dim).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph.attention import PrunedMultiheadAttention, copy_param
 from prunekit.graph.masks import validate_keep_units
 from prunekit.graph.record import ShrinkRecord, refuse_masked, step_keep_mask
 from prunekit.graph.types import Member, UnitGroup
+from prunekit.layers.attention import HF_PROJECTIONS, Attention, find_attentions, looks_like_attention
+from prunekit.layers.pruned_attention import PrunedMultiheadAttention, copy_param
 from prunekit.targets import excluded_module_names
 
 GRANULARITY = "head"
-_HF_PROJECTIONS = ("query", "key", "value")
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-# ------------------------------------------------------------------ finding head groups
-
-
-@dataclass(frozen=True)
-class Attention:
-    """One supported attention module: where its per-head parameters live."""
-
-    name: str
-    module: nn.Module
-    num_heads: int
-    head_dim: int
-    qkv: tuple[nn.Linear, ...] | None  # HF layout: query, key, value; None for packed in_proj
-    out_proj: nn.Linear
-    out_proj_name: str
-
-    def group(self) -> UnitGroup:
-        heads = torch.arange(self.num_heads * self.head_dim) // self.head_dim
-        if self.qkv is None:
-            names = ["in_proj_weight"] + ["in_proj_bias"] * (self.module.in_proj_bias is not None)
-            members = [Member(_join(self.name, n), 0, torch.cat([heads] * 3)) for n in names]
-        else:
-            members = [
-                Member(_join(self.name, f"{proj}.{kind}"), 0, heads)
-                for proj, linear in zip(_HF_PROJECTIONS, self.qkv)
-                for kind in ("weight", "bias")
-                if getattr(linear, kind) is not None
-            ]
-        members.append(Member(f"{self.out_proj_name}.weight", 1, heads))
-        root_units = torch.arange(self.num_heads)
-        return UnitGroup(self.name, GRANULARITY, self.num_heads, tuple(members), root_units)
-
-
-def _looks_like_attention(module: nn.Module) -> bool:
-    if isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention)):
-        return True
-    return all(isinstance(getattr(module, proj, None), nn.Linear) for proj in _HF_PROJECTIONS)
-
-
-def _hf_attention(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Attention | None:
-    qkv = tuple(getattr(module, proj, None) for proj in _HF_PROJECTIONS)
-    if not all(isinstance(linear, nn.Linear) for linear in qkv):
-        return None
-    heads = getattr(module, "num_attention_heads", None)
-    head_dim = getattr(module, "attention_head_size", None)
-    parent_name = name.rpartition(".")[0]
-    out_proj = getattr(getattr(modules.get(parent_name), "output", None), "dense", None)
-    layout_known = isinstance(heads, int) and isinstance(head_dim, int)
-    if not (layout_known and isinstance(out_proj, nn.Linear)):
-        raise PrunekitError(
-            f"'{name}' looks like Hugging Face attention (query/key/value layers) but prunekit "
-            "cannot find its per-head layout: it needs int attributes num_attention_heads and "
-            "attention_head_size and an output projection at '<parent>.output.dense' (BERT "
-            f"layout). Exclude '{name}' or use a BERT-style model"
-        )
-    out_proj_name = _join(parent_name, "output.dense")
-    return Attention(name, module, heads, head_dim, qkv, out_proj, out_proj_name)
-
-
-def _mha_attention(name: str, module: nn.Module) -> Attention:
-    unsupported = [
-        why
-        for why, bad in [
-            ("separate q/k/v projections (kdim/vdim != embed_dim)", module.in_proj_weight is None),
-            ("bias_k/bias_v", module.bias_k is not None),
-            ("add_zero_attn=True", module.add_zero_attn),
+def head_group(attention: Attention) -> UnitGroup:
+    """The ``UnitGroup`` of one attention module's heads (see :func:`find_head_groups`)."""
+    heads = torch.arange(attention.num_heads * attention.head_dim) // attention.head_dim
+    base = f"{attention.name}." if attention.name else ""
+    if attention.qkv is None:
+        names = ["in_proj_weight"] + ["in_proj_bias"] * (attention.module.in_proj_bias is not None)
+        members = [Member(base + name, 0, torch.cat([heads] * 3)) for name in names]
+    else:
+        members = [
+            Member(f"{base}{proj}.{kind}", 0, heads)
+            for proj, linear in zip(HF_PROJECTIONS, attention.qkv)
+            for kind in ("weight", "bias")
+            if getattr(linear, kind) is not None
         ]
-        if bad
-    ]
-    if unsupported:
-        raise PrunekitError(
-            f"cannot remove heads of nn.MultiheadAttention '{name}': {', '.join(unsupported)} is "
-            f"not supported (only packed in_proj_weight). Exclude '{name}'"
-        )
-    heads, head_dim, out_proj = module.num_heads, module.head_dim, module.out_proj
-    return Attention(name, module, heads, head_dim, None, out_proj, _join(name, "out_proj"))
-
-
-def find_attentions(model: nn.Module, exclude: Iterable[str | type] = ()) -> list[Attention]:
-    excluded = excluded_module_names(model, exclude)
-    modules = dict(model.named_modules())
-    found = []
-    for name, module in modules.items():
-        if name in excluded:
-            continue
-        if isinstance(module, (nn.MultiheadAttention, PrunedMultiheadAttention)):
-            found.append(_mha_attention(name, module))
-        elif (attention := _hf_attention(name, module, modules)) is not None:
-            found.append(attention)
-    return found
+    members.append(Member(f"{attention.out_proj_name}.weight", 1, heads))
+    return UnitGroup(attention.name, GRANULARITY, attention.num_heads, tuple(members), torch.arange(attention.num_heads))
 
 
 def find_head_groups(model: nn.Module, exclude: Iterable[str | type] = ()) -> list[UnitGroup]:
@@ -144,13 +61,14 @@ def find_head_groups(model: nn.Module, exclude: Iterable[str | type] = ()) -> li
     >>> [(g.name, g.num_units, len(g.members)) for g in find_head_groups(layer)]
     [('self_attn', 4, 3)]
     """
-    if not any(_looks_like_attention(module) for module in model.modules()):
+    if not any(looks_like_attention(module) for module in model.modules()):
         raise PrunekitError(
             f"granularity 'head' needs attention layers; {type(model).__name__} has none "
             "(prunekit recognises nn.MultiheadAttention and Hugging Face BERT-style "
             "self-attention). Choose 'neuron' or 'channel' for this model"
         )
-    return [attention.group() for attention in find_attentions(model, exclude)]
+    excluded = excluded_module_names(model, exclude)
+    return [head_group(attention) for attention in find_attentions(model, excluded)]
 
 
 # ------------------------------------------------------------------ physical removal

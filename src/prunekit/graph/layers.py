@@ -193,6 +193,13 @@ def _resolve(model: nn.Module, names: Iterable[str]) -> list[_Block]:
     return [blocks[name] for name in chosen]
 
 
+def _resolve_one(model: nn.Module, name: str) -> list[_Block]:
+    blocks = _blocks(model)
+    if name not in blocks:
+        raise _not_removable(name, dict(model.named_modules()).get(name), blocks)
+    return [blocks[name]]
+
+
 def check_layer_removal(model: nn.Module, names: Iterable[str]) -> None:
     """Raise PrunekitError unless the named blocks can be removed together (see remove_layers).
 
@@ -341,33 +348,44 @@ def _residual_branch_norm(name: str, block: nn.Module) -> str:
     return f"{name}.{norms[-1]}"
 
 
-def layer_masks(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Keep-masks that make each named block compute what removing it computes.
+def block_mask_params(model: nn.Module, name: str) -> list[str]:
+    """The parameters whose masking makes block `name` compute what removing it computes.
 
-    Residual block: the residual branch's last BatchNorm gets weight and bias masked, so the
-    block returns ``relu(0 + x) = x`` for the non-negative (post-ReLU) inputs it receives in a
-    ResNet. Pre-norm ``nn.TransformerEncoderLayer``: the attention output projection and the
-    second feed-forward linear are masked, so both residual branches add exactly zero. Post-norm
-    layers (incl. BERT) have no masked equivalent.
+    Residual block: the residual branch's last BatchNorm (weight and bias), so the block returns
+    ``relu(0 + x) = x`` for the non-negative (post-ReLU) inputs it receives in a ResNet.
+    Pre-norm ``nn.TransformerEncoderLayer``: the attention output projection and the second
+    feed-forward linear, so both residual branches add exactly zero. Post-norm layers (incl.
+    BERT) have no masked equivalent: an error says so.
+
+    >>> from prunekit.zoo import build_model
+    >>> block_mask_params(build_model("resnet20", (3, 8, 8), 10), "layer1.1")
+    ['layer1.1.bn2.weight', 'layer1.1.bn2.bias']
+    """
+    (block,) = _resolve_one(model, name)
+    module = model.get_submodule(block.name)
+    if block.kind == "residual":
+        norm = _residual_branch_norm(block.name, module)
+        return [f"{norm}.weight", f"{norm}.bias"]
+    if block.kind == "transformer" and module.norm_first:
+        params = []
+        for linear in ("self_attn.out_proj", "linear2"):
+            kinds = ["weight"] + ["bias"] * (module.get_submodule(linear).bias is not None)
+            params += [f"{block.name}.{linear}.{kind}" for kind in kinds]
+        return params
+    raise PrunekitError(
+        f"'{block.name}' is a post-norm transformer layer: masking cannot turn it into the "
+        "identity, so it has no masked equivalent; use remove_layers"
+    )
+
+
+def layer_masks(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Keep-masks that make each named block compute what removing it computes (see
+    :func:`block_mask_params`).
 
     >>> from prunekit.zoo import build_model
     >>> sorted(layer_masks(build_model("resnet20", (3, 8, 8), 10), ["layer1.1"]))
     ['layer1.1.bn2.bias', 'layer1.1.bn2.weight']
     """
-    params = []
-    for block in _resolve(model, names):
-        module = model.get_submodule(block.name)
-        if block.kind == "residual":
-            norm = _residual_branch_norm(block.name, module)
-            params += [f"{norm}.weight", f"{norm}.bias"]
-        elif block.kind == "transformer" and module.norm_first:
-            for linear in ("self_attn.out_proj", "linear2"):
-                kinds = ["weight"] + ["bias"] * (module.get_submodule(linear).bias is not None)
-                params += [f"{block.name}.{linear}.{kind}" for kind in kinds]
-        else:
-            raise PrunekitError(
-                f"'{block.name}' is a post-norm transformer layer: masking cannot turn it into the "
-                "identity, so it has no masked equivalent; use remove_layers"
-            )
+    params = [param for block in _resolve(model, names) for param in block_mask_params(model, block.name)]
     shapes = {name: param.shape for name, param in named_effective_parameters(model)}
     return {param: torch.zeros(shapes[param], dtype=torch.bool) for param in params}

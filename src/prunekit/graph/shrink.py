@@ -26,19 +26,16 @@ from prunekit.graph.record import ShrinkRecord, refuse_masked, step_keep_mask
 from prunekit.graph.remove import Groups, Keep, removal_mismatch, remove_units, removed_units
 from prunekit.graph.types import UnitGroup
 from prunekit.graph.units import discover_groups
+from prunekit.layers import handler_for
+
 
 def _check_groups_fit(model: nn.Module, groups: Iterable[UnitGroup]) -> None:
     """Groups found on another version of the model would remove the wrong indices."""
     modules = dict(model.named_modules())
     for group in groups:
         root = modules.get(group.name)
-        width = None
-        if isinstance(root, nn.Linear):
-            width = root.out_features
-        elif isinstance(root, nn.modules.conv._ConvNd):
-            width = root.out_channels
-        elif isinstance(root, nn.RNNBase):
-            width = root.hidden_size * (2 if root.bidirectional else 1)
+        handler = handler_for(root) if root is not None else None
+        width = handler.out_width(root) if handler is not None and handler.unit_granularity else None
         if width != len(group.root_unit_index):
             raise PrunekitError(
                 f"group '{group.name}' was found on a different version of this model (its root "

@@ -1,8 +1,9 @@
-"""Which parameter slices a coupled group touches, per layer type, and how they form units.
+"""Which parameter slices a coupled group touches, and how they form units.
 
 torch-pruning tells us, for each layer a group reaches, which output or input indices are
-removed and which index of the root layer caused each one. The builders here turn that into
-``SliceBatch``es: "slice `position` of `param` along `dim` goes with root index `root`".
+removed and which index of the root layer caused each one. Each layer's handler
+(``prunekit.layers``) turns that into ``SliceBatch``es: "slice `position` of `param` along `dim`
+goes with root index `root`".
 ``assemble_members`` then merges root indices that claim the same slice (a grouped convolution
 reads input channel ``c`` of every group through one weight column, so those channels can only
 go together) into units and writes one ``Member`` per (parameter, dim).
@@ -11,130 +12,27 @@ go together) into units and writes one ``Member`` per (parameter, dim).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from prunekit.graph.types import Member
+from prunekit.layers import handler_for
+from prunekit.layers.base import Ints, ProtectedUnits, SliceBatch, UnsupportedCoupling
 
-Ints = Sequence[int]
-
-
-class UnsupportedCoupling(Exception):
-    """A group reaches a layer or pattern that cannot be shrunk consistently; skip the group."""
+__all__ = ["ProtectedUnits", "SliceBatch", "UnsupportedCoupling", "assemble_members", "layer_slices", "member_masks"]
 
 
-class ProtectedUnits(UnsupportedCoupling):
-    """A group's units reach the model output or an excluded layer; skip it by design."""
-
-
-@dataclass(frozen=True)
-class SliceBatch:
-    """Slices ``positions[i]`` of `param` along `dim` (of length `size`) go with ``roots[i]``.
-
-    A `param` starting with ``"#"`` is a virtual key: it only forces root indices to merge.
-    """
-
-    param: str
-    dim: int
-    size: int
-    positions: tuple[int, ...]
-    roots: tuple[int, ...]
-
-
-Batches = list[SliceBatch]
-
-
-def _batch(param: str, dim: int, size: int, positions: Ints, roots: Ints) -> SliceBatch:
-    return SliceBatch(param, dim, size, tuple(positions), tuple(roots))
-
-
-def _prefix(name: str) -> str:
-    return f"{name}." if name else ""
-
-
-def _check_even_across_groups(name: str, idxs: Ints, per_group: int, groups: int, side: str):
-    """Grouped convs stay valid only if every group loses the same local channels."""
-    by_local: dict[int, set[int]] = {}
-    for idx in idxs:
-        by_local.setdefault(idx % per_group, set()).add(idx // per_group)
-    if any(len(owners) != groups for owners in by_local.values()):
+def layer_slices(name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> list[SliceBatch]:
+    """Slice batches for one (layer, direction) that torch-pruning reached in a group; the
+    layer's handler (``prunekit.layers``) knows its slices."""
+    handler = handler_for(module)
+    if handler is None:
         raise UnsupportedCoupling(
-            f"grouped convolution '{name}' (groups={groups}) would lose {side} channels unevenly "
-            "across its groups"
+            f"{type(module).__name__} '{name}' shares these units and prunekit cannot remove them "
+            "from it consistently yet"
         )
-
-
-def _conv_slices(name: str, conv: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> Batches:
-    if conv.transposed:
-        raise UnsupportedCoupling(f"transposed convolution '{name}' is not supported yet")
-    prefix, groups = _prefix(name), conv.groups
-    has_bias = conv.bias is not None
-    if groups == conv.out_channels and groups > 1:  # depthwise: torch-pruning couples in and out
-        if conv.in_channels != conv.out_channels:
-            raise UnsupportedCoupling(f"depthwise convolution '{name}' with a channel multiplier")
-        batches = [_batch(prefix + "weight", 0, conv.out_channels, idxs, roots)]
-        if has_bias:
-            batches.append(_batch(prefix + "bias", 0, conv.out_channels, idxs, roots))
-        return batches
-    if is_out:
-        batches = [_batch(prefix + "weight", 0, conv.out_channels, idxs, roots)]
-        if has_bias:
-            batches.append(_batch(prefix + "bias", 0, conv.out_channels, idxs, roots))
-        if groups > 1:
-            per_group = conv.out_channels // groups
-            _check_even_across_groups(name, idxs, per_group, groups, "output")
-            local = [idx % per_group for idx in idxs]
-            batches.append(_batch(f"#groups:{name}", 0, per_group, local, roots))
-        return batches
-    per_group = conv.in_channels // groups
-    if groups > 1:
-        _check_even_across_groups(name, idxs, per_group, groups, "input")
-    local = [idx % per_group for idx in idxs]
-    return [_batch(prefix + "weight", 1, per_group, local, roots)]
-
-
-def _linear_slices(name: str, linear: nn.Linear, is_out: bool, idxs: Ints, roots: Ints) -> Batches:
-    prefix = _prefix(name)
-    if not is_out:
-        return [_batch(prefix + "weight", 1, linear.in_features, idxs, roots)]
-    batches = [_batch(prefix + "weight", 0, linear.out_features, idxs, roots)]
-    if linear.bias is not None:
-        batches.append(_batch(prefix + "bias", 0, linear.out_features, idxs, roots))
-    return batches
-
-
-def _per_channel_slices(name: str, module: nn.Module, idxs: Ints, roots: Ints) -> Batches:
-    """Norms and PReLU: one weight (and bias) entry per channel; in and out are the same."""
-    prefix, batches = _prefix(name), []
-    for param_name in ("weight", "bias"):
-        param = getattr(module, param_name, None)  # getattr also sees masked (parametrized) ones
-        if isinstance(param, torch.Tensor):
-            batches.append(_batch(prefix + param_name, 0, param.shape[0], idxs, roots))
-    return batches
-
-
-#: Layers the graph package removes units from, besides RNNs (see ``lstm.py``).
-PER_CHANNEL_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-def layer_slices(name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> Batches:
-    """Slice batches for one (layer, direction) that torch-pruning reached in a group."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return _conv_slices(name, module, is_out, idxs, roots)
-    if isinstance(module, nn.Linear):
-        return _linear_slices(name, module, is_out, idxs, roots)
-    if isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats:
-        raise UnsupportedCoupling(f"'{name}' tracks running statistics that cannot be sliced")
-    if isinstance(module, PER_CHANNEL_TYPES):
-        return _per_channel_slices(name, module, idxs, roots)
-    if isinstance(module, nn.PReLU):
-        return _per_channel_slices(name, module, idxs, roots) if module.num_parameters > 1 else []
-    raise UnsupportedCoupling(
-        f"{type(module).__name__} '{name}' shares these units and prunekit cannot remove them "
-        "from it consistently yet"
-    )
+    return handler.slices(name, module, is_out, idxs, roots)
 
 
 class _UnionFind:

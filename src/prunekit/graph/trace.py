@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -20,9 +20,11 @@ import torch_pruning as tp
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph.lstm import RnnUnitPruner, rnn_boundaries
+from prunekit.graph.lstm import rnn_boundaries
+from prunekit.inputs import Run, as_call, model_outputs
+from prunekit.layers.rnn import RnnUnitPruner
 
-Run = Callable[[nn.Module], object]
+__all__ = ["TracedGraph", "as_call", "model_outputs", "trace_graph"]
 
 
 @dataclass
@@ -36,26 +38,6 @@ class TracedGraph:
     output_grad_fns: set = field(default_factory=set)
     reused: frozenset = frozenset()
     names: dict = field(default_factory=dict)
-
-
-def as_call(example_inputs: object) -> Run:
-    """A function that calls a model with `example_inputs` (tensor, tuple/list of args, or kwargs).
-
-    >>> as_call(torch.ones(1, 2))(nn.Linear(2, 1)).shape
-    torch.Size([1, 1])
-    """
-    if isinstance(example_inputs, torch.Tensor):
-        args, kwargs = (example_inputs,), {}
-    elif isinstance(example_inputs, (tuple, list)):
-        args, kwargs = tuple(example_inputs), {}
-    elif isinstance(example_inputs, Mapping):  # also a tokenizer's BatchEncoding (a UserDict)
-        args, kwargs = (), dict(example_inputs)
-    else:
-        raise PrunekitError(
-            f"example_inputs must be a tensor, a tuple/list of positional arguments or a dict of "
-            f"keyword arguments for model(...); got {type(example_inputs).__name__}"
-        )
-    return lambda model: model(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -108,22 +90,6 @@ class _CallTracker:
         return hook
 
 
-def _tensors(value: object) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-
-
-def model_outputs(value: object) -> list[torch.Tensor]:
-    """Every tensor in a (nested) model output, in order."""
-    return list(_tensors(value))
-
-
 def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
     """Build torch-pruning's DependencyGraph for `model`; the model is left as it was.
 
@@ -137,7 +103,7 @@ def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
     output_grad_fns: set = set()
 
     def remember_outputs(out):
-        output_grad_fns.update(t.grad_fn for t in _tensors(out) if t.grad_fn is not None)
+        output_grad_fns.update(t.grad_fn for t in model_outputs(out) if t.grad_fn is not None)
         return out
 
     tracker = _CallTracker()

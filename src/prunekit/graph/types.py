@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-#: Structural granularities the graph package can find and remove.
+#: Unit granularities found by tracing the dependency graph (heads and layers are found by layout).
 GRANULARITIES = ("neuron", "channel", "lstm-unit")
 
 
@@ -37,6 +37,10 @@ class UnitGroup:
     convolutions that write into one residual stream) with everything that reads those outputs.
     `root_unit_index` gives, for each output index of the root module as torch-pruning numbers
     them, the unit it belongs to; ``shrink`` uses it to drive the removal.
+
+    Other granularities use the same type: an unstructured group is one weight tensor (its units
+    are its entries, laid out in `shape`); a layer group is one stack of removable blocks (its
+    units are the blocks named in `unit_names`).
     """
 
     name: str
@@ -44,6 +48,13 @@ class UnitGroup:
     num_units: int
     members: tuple[Member, ...]
     root_unit_index: torch.Tensor
+    shape: tuple[int, ...] = ()
+    unit_names: tuple[str, ...] = ()
+
+    @property
+    def unit_shape(self) -> tuple[int, ...]:
+        """The shape scores and keep-masks of this group have: `shape`, else ``(num_units,)``."""
+        return tuple(self.shape) or (self.num_units,)
 
     @property
     def params(self) -> tuple[str, ...]:

@@ -23,7 +23,6 @@ from torch import nn
 from torch_pruning import ops
 
 from prunekit.errors import PrunekitError, unknown_name
-from prunekit.graph.lstm import RNN_TYPES, check_rnn_supported, rnn_in_slices, rnn_out_slices
 from prunekit.graph.remove import removal_mismatch
 from prunekit.graph.slices import (
     ProtectedUnits,
@@ -34,12 +33,12 @@ from prunekit.graph.slices import (
 )
 from prunekit.graph.trace import TracedGraph, trace_graph
 from prunekit.graph.types import GRANULARITIES, UnitGroup
+from prunekit.layers import unit_granularity
+from prunekit.layers.rnn import check_rnn_supported
 from prunekit.targets import excluded_module_names
 
 logger = logging.getLogger(__name__)
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_ROOT_TYPES = {"neuron": (nn.Linear,), "channel": _CONVS, "lstm-unit": RNN_TYPES}
 _WHAT = {
     "neuron": "nn.Linear layers",
     "channel": "nn.Conv1d/2d/3d layers",
@@ -51,22 +50,9 @@ _PASS_THROUGH = {
 }  # fmt: skip
 
 
-def _granularity_of(module: nn.Module) -> str | None:
-    for granularity, types in _ROOT_TYPES.items():
-        if isinstance(module, types) and not getattr(module, "transposed", False):
-            return granularity
-    return None
-
-
 def _resolve_exclude(model: nn.Module, exclude: Iterable[str | type]) -> set[nn.Module]:
     names = excluded_module_names(model, exclude)
     return {module for name, module in model.named_modules() if name in names}
-
-
-def _item_slices(name: str, module: nn.Module, is_out: bool, idxs, roots) -> list[SliceBatch]:
-    if isinstance(module, nn.RNNBase):
-        return (rnn_out_slices if is_out else rnn_in_slices)(name, module, idxs, roots)
-    return layer_slices(name, module, is_out, idxs, roots)
 
 
 def _collect(traced: TracedGraph, tp_group, excluded: set[nn.Module]) -> list[SliceBatch]:
@@ -86,7 +72,7 @@ def _collect(traced: TracedGraph, tp_group, excluded: set[nn.Module]) -> list[Sl
             raise UnsupportedCoupling(f"'{name}' runs more than once per forward pass")
         if is_out and module in excluded:
             raise ProtectedUnits(f"'{name}' is excluded")
-        batches += _item_slices(name, module, is_out, item.idxs, item.root_idxs)
+        batches += layer_slices(name, module, is_out, item.idxs, item.root_idxs)
     return batches
 
 
@@ -130,7 +116,7 @@ def _add_group(traced: TracedGraph, name: str, root: nn.Module, excluded: set, f
         found.problems[name] = str(reason)
         return
     members, root_units = assemble_members(width, batches)
-    group = UnitGroup(name, _granularity_of(root), int(root_units.max()) + 1, members, root_units)
+    group = UnitGroup(name, unit_granularity(root), int(root_units.max()) + 1, members, root_units)
     problem = _rnn_problem(traced, group) if isinstance(root, nn.RNNBase) else None
     if problem is not None:
         found.problems[name] = problem
@@ -144,7 +130,7 @@ def _discover(model: nn.Module, example_inputs: object, exclude: Iterable[str | 
     found = _Discovery()
     for name, module in model.named_modules():
         traced_layer = module in traced.graph.module2node  # unused layers are not traced
-        if _granularity_of(module) and module not in found.covered and traced_layer:
+        if unit_granularity(module) and module not in found.covered and traced_layer:
             _add_group(traced, name, module, excluded, found)
     for name, reason in found.problems.items():
         logger.debug("skipping units of '%s': %s", name, reason)
@@ -183,7 +169,7 @@ def find_unit_groups(
     """
     if granularity not in GRANULARITIES:
         raise unknown_name("granularity", granularity, GRANULARITIES)
-    roots = [(n, m) for n, m in model.named_modules() if _granularity_of(m) == granularity]
+    roots = [(n, m) for n, m in model.named_modules() if unit_granularity(m) == granularity]
     if not roots:
         raise PrunekitError(
             f"granularity '{granularity}' removes units of {_WHAT[granularity]}, but the model has "

@@ -1,13 +1,12 @@
-"""Collect what the model does on data (gradients now; activations with structured pruning).
+"""Unit activations: per-channel statistics of chosen modules' outputs (and their gradients).
 
-Nothing is stored on the user's modules and their ``.grad`` fields are left untouched: gradients
-are taken with ``torch.autograd.grad`` in eval mode (so BatchNorm running statistics do not move).
+Nothing is stored on the user's modules: outputs are captured by hooks that are removed on exit,
+and gradients are taken with ``torch.autograd.grad`` in eval mode.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,76 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunekit.errors import PrunekitError
-from prunekit.masking import original_parameter
-from prunekit.types import ParamStats
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def for_each_batch(
-    model: nn.Module, data: Iterable, num_batches: int, step: Callable[[object, object], None]
-) -> int:
-    """Call ``step(inputs, targets)`` on up to `num_batches` batches of `data` with `model` in eval
-    mode (so BatchNorm running statistics do not move); return how many batches were seen.
-
-    The model's training mode is restored afterwards, also on error. An empty `data` is an error,
-    since every statistic would be a division by zero.
-
-    >>> model = nn.Linear(2, 2)
-    >>> modes = []
-    >>> for_each_batch(model, [(torch.zeros(1, 2), None)] * 5, 3, lambda x, y: modes.append(model.training))
-    3
-    >>> modes, model.training
-    ([False, False, False], True)
-    """
-    was_training = model.training
-    model.eval()
-    batches = 0
-    try:
-        for inputs, targets in itertools.islice(data, num_batches):
-            step(inputs, targets)
-            batches += 1
-    finally:
-        model.train(was_training)
-    if batches == 0:
-        raise PrunekitError("data yielded no batches; pass a loader of (inputs, targets) batches")
-    return batches
-
-
-def collect_gradient_stats(
-    model: nn.Module,
-    data: Iterable,
-    names: Sequence[str],
-    loss_fn: LossFn | None = None,
-    num_batches: int = 8,
-) -> dict[str, ParamStats]:
-    """Mean over up to `num_batches` batches of |dL/dw| for each parameter in `names`.
-
-    `data` yields ``(inputs, targets)`` batches; `loss_fn(outputs, targets)` defaults to
-    cross-entropy. Masked parameters get gradients of their stored values, which are zero at
-    pruned positions.
-
-    >>> model = nn.Linear(4, 3)
-    >>> batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
-    >>> collect_gradient_stats(model, batches, ["weight"])["weight"].grad_abs_mean.shape
-    torch.Size([3, 4])
-    """
-    loss_fn = loss_fn or F.cross_entropy
-    tensors = [original_parameter(model, name) for name in names]
-    sums = [torch.zeros_like(tensor) for tensor in tensors]
-
-    def add_batch(inputs, targets) -> None:
-        grads = torch.autograd.grad(loss_fn(model(inputs), targets), tensors, allow_unused=True)
-        for total, grad in zip(sums, grads):
-            if grad is not None:
-                total.add_(grad.detach().abs())
-
-    batches = for_each_batch(model, data, num_batches, add_batch)
-    return {
-        name: ParamStats(grad_abs_mean=total / batches, batches=batches)
-        for name, total in zip(names, sums)
-    }
+from prunekit.inputs import call_model
+from prunekit.stats.loop import LossFn, for_each_batch
 
 
 @dataclass(frozen=True)
@@ -164,7 +95,7 @@ def collect_activation_stats(
 
     def add_batch(inputs, targets) -> None:
         with torch.set_grad_enabled(gradients), capture_outputs(model, points) as seen:
-            outputs = model(inputs)
+            outputs = call_model(model, inputs)
         flat_outputs = [(name, out) for name, outs in seen.items() for out in outs]
         grads = [None] * len(flat_outputs)
         if gradients:

@@ -1,4 +1,4 @@
-"""Data-driven head statistics: how much each attention head contributes to its layer's output."""
+"""Attention heads on data: how much each head contributes to its layer's output."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError, unknown_name
-from prunekit.graph.attention import AttentionMasks, PrunedMultiheadAttention, attention_context
-from prunekit.graph.heads import Attention, find_attentions
-from prunekit.graph.trace import as_call
 from prunekit.graph.types import UnitGroup
+from prunekit.inputs import as_call
+from prunekit.layers.attention import Attention, find_attentions
+from prunekit.layers.pruned_attention import AttentionMasks, PrunedMultiheadAttention, attention_context
+from prunekit.stats.loop import LossFn, for_each_batch
 
 
 def _add_head_norms(totals: dict, attention: Attention, context: torch.Tensor) -> None:
@@ -108,3 +109,15 @@ def mean_head_norms(totals: Mapping, groups: Iterable[UnitGroup]) -> dict[str, t
             "measured; pass inputs that reach every attention layer, or leave its group out"
         )
     return {name: total / count for name, (total, count) in totals.items()}
+
+
+def collect_head_norms(
+    model: nn.Module, groups: Iterable[UnitGroup], data: Iterable, loss_fn: LossFn | None = None,
+    num_batches: int = 8,
+) -> dict[str, torch.Tensor]:
+    """Per head, the mean norm of its contribution over up to `num_batches` batches of
+    ``(inputs, targets)`` (targets unused), in eval mode; see :func:`head_output_norms`."""
+    groups = list(groups)
+    with recording_head_norms(model, groups) as totals, torch.no_grad():
+        for_each_batch(model, data, num_batches, lambda inputs, _: as_call(inputs)(model))
+    return mean_head_norms(totals, groups)

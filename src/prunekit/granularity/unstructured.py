@@ -1,0 +1,85 @@
+"""Single weights: each entry of each prunable weight tensor is a unit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.graph.record import ShrinkRecord
+from prunekit.graph.types import UnitGroup
+from prunekit.granularity.base import Granularity, Keep
+from prunekit.masking import get_masks, named_effective_parameters, original_parameter
+from prunekit.targets import resolve_targets
+from prunekit.types import Evidence, Signal
+
+
+class UnstructuredGranularity(Granularity):
+    """One group per prunable weight tensor (``prunekit.layers`` says which); scores, selection
+    and keep-masks are shaped like the weight. Nothing is removed physically: ``finalize``
+    bakes the zeros in.
+
+    >>> groups = UnstructuredGranularity().find(nn.Sequential(nn.Linear(3, 2)), None, ())
+    >>> [(g.name, g.shape) for g in groups]
+    [('0.weight', (2, 3))]
+    """
+
+    name = "unstructured"
+    unit = "weight"
+    provides = frozenset({"weight", "signal.grad_abs", "signal.taylor"})
+    collectors = MappingProxyType({"gradients": "weight-gradients"})
+    min_keep = 0
+    normalize = False
+    supports_threshold = True
+    supports_round_to = False
+    removable = False
+
+    def find(self, model: nn.Module, example_inputs: object, exclude: Sequence) -> list[UnitGroup]:
+        targets = resolve_targets(model, exclude)
+        for name in targets:
+            if not torch.isfinite(original_parameter(model, name)).all():
+                raise PrunekitError(
+                    f"parameter '{name}' contains NaN or Inf values; fix or retrain the model before "
+                    "pruning (scores of non-finite weights are meaningless)"
+                )
+        shapes = {name: tuple(tensor.shape) for name, tensor in named_effective_parameters(model)}
+        empty = torch.zeros(0, dtype=torch.long)
+        return [UnitGroup(name, self.name, int(torch.Size(shapes[name]).numel()), (), empty, shapes[name])
+                for name in targets]
+
+    def probes(self, model: nn.Module, groups: Sequence[UnitGroup], kind: str) -> list:
+        return [group.name for group in groups]
+
+    def evidence(self, model: nn.Module, groups: Sequence[UnitGroup], observed: Mapping) -> dict[str, Evidence]:
+        weights = dict(named_effective_parameters(model))
+        evidence = {}
+        for group in groups:
+            weight = weights[group.name].detach()
+            signal = None
+            if observed:
+                grad = observed[group.name]
+                signal = Signal(mean_abs=weight.abs(), grad_abs=grad, taylor=weight.abs() * grad)
+            evidence[group.name] = Evidence(group.shape, weight=weight, signal=signal)
+        return evidence
+
+    def kept(self, model: nn.Module, groups: Sequence[UnitGroup]) -> dict[str, torch.Tensor]:
+        masks = get_masks(model)
+        return {group.name: masks[group.name].cpu() if group.name in masks else torch.ones(group.shape, dtype=torch.bool)
+                for group in groups}
+
+    def present(self, model: nn.Module, groups: Sequence[UnitGroup]) -> dict[str, torch.Tensor]:
+        weights = dict(named_effective_parameters(model))
+        return {group.name: (weights[group.name] != 0).cpu() for group in groups}
+
+    def to_masks(self, model: nn.Module, groups: Sequence[UnitGroup], keep: Keep) -> dict[str, torch.Tensor]:
+        return {group.name: keep[group.name].view(group.shape) for group in groups if group.name in keep}
+
+    def remove(self, model: nn.Module, groups: Sequence[UnitGroup], keep: Keep, example_inputs: object,
+               check: bool = True) -> ShrinkRecord:
+        raise PrunekitError("single weights are not removed physically; bake the masks instead (prunekit.bake)")
+
+    def unit_magnitude(self, model: nn.Module, groups: Sequence[UnitGroup]) -> dict[str, torch.Tensor]:
+        return {group.name: original_parameter(model, group.name).detach().abs().double().cpu() for group in groups}

@@ -1,0 +1,134 @@
+"""One pruning pass, the same for every granularity:
+
+    stats -> evidence -> scores -> select -> masks -> (remove)
+
+and the one place a ``PruneResult`` is built. The granularity says what the units are and how
+they map to parameters; the criterion scores them; ``select`` picks what goes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit import stats
+from prunekit.criteria import Criterion
+from prunekit.graph.record import ShrinkRecord
+from prunekit.graph.types import UnitGroup
+from prunekit.granularity import Granularity
+from prunekit.masking import apply_masks, get_masks, remove_carrying_masks
+from prunekit.request import PruneRequest, count_parameters
+from prunekit.select import SelectionRule, select
+from prunekit.stats import preserved_state
+from prunekit.types import PruneResult
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pruning pass: the request, its granularity and criterion, and where evidence comes from."""
+
+    request: PruneRequest
+    granularity: Granularity
+    criterion: Criterion
+    data: Iterable | None = None
+    example_inputs: object = None
+
+
+@dataclass
+class _Before:
+    present: dict[str, torch.Tensor]
+    magnitude: dict[str, torch.Tensor]
+    params: int | None
+    started: float
+
+
+def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup]) -> dict[str, torch.Tensor]:
+    """Every unit's score (higher = keep); units the masks already removed score -inf."""
+    granularity, criterion, options = step.granularity, step.criterion, step.request.options
+    observed = {}
+    if criterion.needs is not None:
+        kind = granularity.collectors[criterion.needs]
+        probes = granularity.probes(model, groups, kind)
+        observed = stats.collect(kind, model, probes, step.data, options.loss_fn, options.num_batches)
+    evidence = granularity.evidence(model, groups, observed)
+    kept = granularity.kept(model, groups)
+    generator = torch.Generator().manual_seed(options.seed)
+    scores = {}
+    for group in groups:
+        score = criterion.score(evidence[group.name], generator).float().reshape(group.unit_shape)
+        scores[group.name] = score.masked_fill(~kept[group.name].reshape(group.unit_shape), -math.inf)
+    return scores
+
+
+def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, torch.Tensor],
+                 kept: Mapping[str, torch.Tensor], sparsity: float | None) -> dict[str, torch.Tensor]:
+    """Keep-masks per group for the target `sparsity` (or the request's threshold)."""
+    request, granularity = step.request, step.granularity
+    rule = SelectionRule(
+        sparsity=sparsity, threshold=request.threshold if sparsity is None else None, scope=request.scope,
+        min_keep=granularity.min_keep, round_to=request.options.round_to, normalize=granularity.normalize,
+    )
+    keep = select(scores, rule)
+    return {group.name: keep[group.name] & kept[group.name].reshape(group.unit_shape) for group in groups}
+
+
+def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsity: float | None,
+               owner: str | None) -> PruneResult:
+    """Prune `model` in place to `sparsity` (None: the request's threshold) over `groups`.
+
+    Everything is computed and validated before the model changes: masks are built (or the
+    removal rehearsed) first. With ``request.options.remove`` the units go physically (masks
+    already on the model are carried along), else they are masked; masks belong to `owner`.
+    """
+    granularity = step.granularity
+    remove = step.request.options.remove and granularity.removable
+    with preserved_state(model):
+        model.eval()  # statistics, tracing and shape checks must not move BatchNorm statistics
+        before = _Before(granularity.present(model, groups), granularity.unit_magnitude(model, groups),
+                         count_parameters(model) if granularity.removable else None, time.perf_counter())
+        scores = score_units(model, step, groups)
+        keep = choose_units(step, groups, scores, granularity.kept(model, groups), sparsity)
+        masks = None if remove else granularity.to_masks(model, groups, keep)
+    record = None
+    with preserved_state(model):
+        if masks is None:
+            record = remove_carrying_masks(
+                model, lambda target, check: granularity.remove(target, groups, keep, step.example_inputs, check))
+        else:
+            apply_masks(model, masks, owner)
+    present = keep if record is not None else granularity.present(model, groups)
+    return build_result(model, step, groups, before, present, record, sparsity)
+
+
+def build_result(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], before: _Before,
+                 present: Mapping[str, torch.Tensor], record: ShrinkRecord | None,
+                 sparsity: float | None) -> PruneResult:
+    """The ``PruneResult`` of one pass (the only place one is made)."""
+    request, granularity = step.request, step.granularity
+    total_magnitude = sum(float(before.magnitude[g.name].sum()) for g in groups)
+    gone_magnitude = sum(float(before.magnitude[g.name][~present[g.name].reshape(before.magnitude[g.name].shape).cpu()].sum())
+                         for g in groups)
+    layer_sparsity = {}
+    for group in groups:
+        alive = present[group.name].reshape(-1).cpu()
+        if group.unit_names:
+            layer_sparsity.update({name: float(not kept) for name, kept in zip(group.unit_names, alive.tolist())})
+        else:
+            layer_sparsity[group.name] = 1.0 - int(alive.sum()) / max(group.num_units, 1)
+    return PruneResult(
+        method=request.method, granularity=granularity.name, scope=request.scope, sparsity_target=sparsity,
+        threshold=request.threshold if sparsity is None else None,
+        targets=[name for group in groups for name in (group.unit_names or (group.name,))], unit=granularity.unit,
+        units_targeted=sum(group.num_units for group in groups),
+        units_before=sum(int(before.present[g.name].sum()) for g in groups),
+        units_after=sum(int(present[g.name].sum()) for g in groups),
+        relative_sparsity=gone_magnitude / total_magnitude if total_magnitude else 0.0,
+        seconds=time.perf_counter() - before.started, layer_sparsity=layer_sparsity, masks=get_masks(model),
+        params_before=before.params, params_after=count_parameters(model) if before.params is not None else None,
+        shrink_record=record,
+    )

@@ -1,0 +1,161 @@
+"""A pruning request: what to prune, checked completely before anything touches the model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+from torch import nn
+
+from prunekit.criteria import Criterion
+from prunekit.errors import PrunekitError, unknown_name
+from prunekit.granularity import Granularity, get_granularity
+from prunekit.masking import named_effective_parameters
+from prunekit.select import SCOPES
+from prunekit.stats import LossFn
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """The less common settings of a pruning request (``Pruner(..., **options)``).
+
+    * `loss_fn(outputs, targets)`: the loss data-driven criteria differentiate (cross-entropy)
+    * `exclude`: layer names (with everything inside), parameter names or module types to keep
+    * `seed`: for random scores
+    * `round_to`: structured: each layer keeps a multiple of this many units
+    * `num_batches`: at most this many batches of `data` are used for statistics
+    * `remove`: structured: remove the pruned units physically at each pruning step instead of
+      masking them (the model's parameters change: rebuild the optimiser afterwards)
+    """
+
+    loss_fn: LossFn | None = None
+    exclude: tuple = ()
+    seed: int = 0
+    round_to: int | None = None
+    num_batches: int = 8
+    remove: bool = False
+
+    @classmethod
+    def from_kwargs(cls, options: dict) -> PruneOptions:
+        """Options from keyword arguments; an unknown name is an error that lists the known ones.
+
+        >>> PruneOptions.from_kwargs({"seed": 3}).seed
+        3
+        """
+        known = [field.name for field in fields(cls)]
+        unknown = [name for name in options if name not in known]
+        if unknown:
+            raise unknown_name("Pruner option", unknown[0], known)
+        exclude = options.get("exclude", ())
+        exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
+        return cls(**{**options, "exclude": exclude})
+
+
+@dataclass(frozen=True)
+class PruneRequest:
+    """Everything one pruning request asks for, apart from the model and data."""
+
+    method: str = "magnitude"
+    granularity: str = "unstructured"
+    scope: str = "layer"
+    sparsity: float | None = None
+    threshold: float | None = None
+    options: PruneOptions = PruneOptions()
+
+    def describe(self) -> dict:
+        """Plain JSON-ready settings (what ``Pruner.state_dict`` stores and compares on resume).
+
+        >>> PruneRequest(sparsity=0.5).describe()["exclude"]
+        []
+        """
+        options = self.options
+        return {
+            "method": self.method, "granularity": self.granularity, "scope": self.scope,
+            "sparsity": self.sparsity, "threshold": self.threshold,
+            "exclude": [item if isinstance(item, str) else f"{item.__module__}.{item.__qualname__}"
+                        for item in options.exclude],
+            "seed": options.seed, "round_to": options.round_to, "num_batches": options.num_batches,
+            "remove": options.remove,
+        }
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_goal(request: PruneRequest, granularity: Granularity) -> None:
+    if request.threshold is not None and not granularity.supports_threshold:
+        raise PrunekitError(
+            f"granularity '{granularity.name}' selects units by ratio only; pass sparsity= "
+            "(the fraction of units to remove) instead of threshold="
+        )
+    sparsity, threshold = request.sparsity, request.threshold
+    if (sparsity is None) == (threshold is None):
+        raise PrunekitError(
+            "give exactly one of sparsity= (fraction of weights to remove) or threshold= "
+            f"(remove scores below it); got sparsity={sparsity!r}, threshold={threshold!r}"
+        )
+    if sparsity is not None and not (isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)
+                                     and 0.0 <= sparsity < 1.0):
+        raise PrunekitError(f"sparsity must be a number in [0, 1), got {sparsity!r}; 0.9 removes 90%")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+        raise PrunekitError(f"threshold must be a finite number, got {threshold!r}")
+
+
+def _check_options(options: PruneOptions, granularity: Granularity) -> None:
+    if options.round_to is not None and not granularity.supports_round_to:
+        raise PrunekitError(
+            f"round_to rounds unit counts inside a layer; it does not apply to granularity '{granularity.name}'"
+        )
+    if options.round_to is not None and not (_is_int(options.round_to) and options.round_to >= 1):
+        raise PrunekitError(f"round_to must be an int >= 1 (e.g. 8) or None, got {options.round_to!r}")
+    if not _is_int(options.seed):
+        raise PrunekitError(f"seed must be an int, got {options.seed!r}")
+    if not (_is_int(options.num_batches) and options.num_batches >= 1):
+        raise PrunekitError(f"num_batches must be an int >= 1, got {options.num_batches!r}")
+    if options.loss_fn is not None and not callable(options.loss_fn):
+        raise PrunekitError(f"loss_fn must be a function (outputs, targets) -> loss, got {options.loss_fn!r}")
+
+
+def validate_request(request: PruneRequest, data: Iterable | None, example_inputs: object) -> tuple[Granularity, Criterion]:
+    """Check a request without touching any model; returns its granularity and criterion.
+
+    >>> granularity, criterion = validate_request(PruneRequest("magnitude", sparsity=0.5), None, None)
+    >>> granularity.name, criterion.name
+    ('unstructured', 'magnitude')
+    """
+    granularity = get_granularity(request.granularity)
+    criterion = granularity.criterion(request.method)
+    _check_goal(request, granularity)
+    _check_options(request.options, granularity)
+    if example_inputs is None and granularity.needs_example_inputs:
+        raise PrunekitError(
+            f"granularity '{granularity.name}' traces the model to find coupled layers; pass "
+            "example_inputs=<a small batch of real inputs>"
+        )
+    if request.scope not in SCOPES:
+        raise unknown_name("scope", request.scope, SCOPES)
+    if criterion.needs is not None and data is None:
+        raise PrunekitError(
+            f"method '{request.method}' needs data (it scores by {criterion.needs}): pass "
+            "data=<iterable of (inputs, targets) batches>, e.g. a DataLoader over training data"
+        )
+    return granularity, criterion
+
+
+def model_signature(model: nn.Module) -> dict[str, list[int]]:
+    """``{parameter name: shape}`` as the forward pass sees them (masked or not).
+
+    >>> model_signature(nn.Linear(3, 2))
+    {'weight': [2, 3], 'bias': [2]}
+    """
+    return {name: list(tensor.shape) for name, tensor in named_effective_parameters(model)}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter entries as the forward pass sees them."""
+    return sum(math.prod(shape) for shape in model_signature(model).values())
+
+
+__all__ = ["PruneOptions", "PruneRequest", "count_parameters", "model_signature", "validate_request"]

@@ -1,0 +1,46 @@
+"""Removal loss: how much the loss on data grows when one block alone is skipped."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from prunekit.graph.layers import score_layers
+from prunekit.inputs import call_model
+from prunekit.stats.loop import LossFn, for_each_batch
+
+
+def mean_loss(model: nn.Module, batches: list, loss_fn: LossFn | None = None) -> float:
+    """Mean of `loss_fn` (default cross-entropy) over ``(inputs, targets)`` batches, in eval mode.
+
+    >>> model = nn.Linear(2, 2)
+    >>> _ = nn.init.zeros_(model.bias)  # zero logits on zero inputs: loss ln 2
+    >>> round(mean_loss(model, [(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))]), 4)
+    0.6931
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    losses: list[float] = []
+    with torch.no_grad():
+        for_each_batch(model, batches, len(batches),
+                       lambda inputs, targets: losses.append(float(loss_fn(call_model(model, inputs), targets))))
+    return sum(losses) / len(losses)
+
+
+def removal_costs(
+    model: nn.Module, blocks: Sequence[str], data: Iterable, loss_fn: LossFn | None = None, num_batches: int = 8
+) -> dict[str, float]:
+    """Per block, the loss increase on up to `num_batches` batches of `data` when it alone is
+    skipped (``prunekit.graph.layers.score_layers``); every block is put back afterwards.
+
+    >>> from prunekit.zoo import build_model
+    >>> model = build_model("resnet20", (1, 8, 8), 10).eval()
+    >>> data = [(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))]
+    >>> sorted(removal_costs(model, ["layer1.1", "layer3.2"], data))
+    ['layer1.1', 'layer3.2']
+    """
+    batches = list(itertools.islice(iter(data), num_batches))  # the same batches for every block
+    return score_layers(model, list(blocks), lambda net: -mean_loss(net, batches, loss_fn))
