@@ -67,3 +67,18 @@ def test_bad_sparsity_list_is_an_argument_error(capsys):
         main(["compare", "--model", "lenet300", "--dataset", "digits", "--methods", "magnitude",
               "--sparsity", "half"])
     assert "comma-separated numbers" in capsys.readouterr().err
+
+
+def test_info_shows_a_users_own_channel_pruned_model(tmp_path, capsys):
+    from user_models import SmallNet
+
+    torch.manual_seed(0)
+    model = SmallNet(width=8).eval()
+    result = prune(model, "l1", 0.5, granularity="channel", example_inputs=torch.zeros(2, 1, 8, 8))
+    arch = ArchSpec("user_models:SmallNet", (1, 8, 8), kwargs={"width": 8})
+    path = save_checkpoint(tmp_path / "own.pt", model, arch, record=result.shrink_record)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    removed = sum(len(step["removed"]) for step in result.shrink_record.steps)
+    assert "user_models:SmallNet (input (1, 8, 8), kwargs {'width': 8})" in out and "None classes" not in out
+    assert f"{removed} channels removed" in out

@@ -96,15 +96,16 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    import torch
-
+    from prunekit.arch import ArchSpec
     from prunekit.checkpoint import load_checkpoint
     from prunekit.metrics import summary
 
-    model, info = load_checkpoint(args.checkpoint)
-    arch = info["arch"]
-    print(f"{args.checkpoint}: {arch['model']} (input {tuple(arch['input_shape'])}, "
-          f"{arch['num_classes']} classes), {'masked' if info['masked'] else 'plain weights'}")
+    model, info = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
+    arch = ArchSpec.from_dict(info["arch"])
+    classes = f", {arch.num_classes} classes" if arch.num_classes is not None else ""
+    options = f", kwargs {arch.kwargs}" if arch.kwargs else ""
+    print(f"{args.checkpoint}: {arch.model} (input {tuple(arch.input_shape)}{classes}{options}), "
+          f"{'masked' if info['masked'] else 'plain weights'}")
     removed: dict[str, int] = {}
     for step in (info.get("structure") or {}).get("steps", []):
         removed[step["granularity"]] = removed.get(step["granularity"], 0) + len(step["removed"])
@@ -112,7 +113,10 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print("  structurally pruned: " + ", ".join(f"{count} {unit}s removed" for unit, count in removed.items()))
     for key, value in info.get("meta", {}).items():
         print(f"  {key}: {value}")
-    print(summary(model, torch.zeros(1, *arch["input_shape"])))
+    if arch.input_shape:
+        print(summary(model, arch.example_inputs()[:1]))
+    else:
+        print("  (no input_shape stored, so no per-layer summary)")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -161,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list bundled models and datasets").set_defaults(handler=_cmd_list)
     info = commands.add_parser("info", help="summarise a saved checkpoint")
     info.add_argument("checkpoint")
+    info.add_argument("--trust-factory", action="store_true",
+                      help="allow a checkpoint whose model is built by a factory function (not an nn.Module class)")
     info.set_defaults(handler=_cmd_info)
     return parser
 

@@ -25,7 +25,9 @@ from prunekit.masking import bake
 from prunekit.metrics import count_macs, count_params, measure_latency
 from prunekit.hybrid import prune_hybrid
 from prunekit.methods import MethodSpec, parse_method_spec
-from prunekit.pruner import prune
+from prunekit.callbacks import PrunerCallback
+from prunekit.pruner import Pruner
+from prunekit.types import PruneResult
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 
 
@@ -98,24 +100,23 @@ def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, ro
     return min(dense_times), min(pruned_times)
 
 
-def _prune_for_spec(model: nn.Module, spec: MethodSpec, sparsity: float, config: CompareConfig, seed: int,
-                    data_loaders, example: torch.Tensor):
+def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: CompareConfig, seed: int,
+                   data_loaders, example: torch.Tensor) -> tuple[PruneResult, list[Pruner]]:
+    """Prune `model` as `spec` says; returns the result and the Pruners that stay with training."""
     train_loader, val_loader = data_loaders
     if spec.granularity == "hybrid":
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
-                            scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed)
+                            scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed), []
     # the cost of removing a whole block is measured on held-out data
     data = val_loader if spec.granularity == "layer" else train_loader
-    return prune(model, method=spec.method, sparsity=sparsity, granularity=spec.granularity, scope=config.scope,
-                 data=data, example_inputs=example, exclude=config.exclude, seed=seed)
+    # one-shot: structured units go at once, so fine-tuning runs on the small model
+    pruner = Pruner(model, spec.method, sparsity, granularity=spec.granularity, scope=config.scope, data=data,
+                    example_inputs=example, exclude=config.exclude, seed=seed, remove=True)
+    return pruner.step(), [pruner]
 
 
-def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
-             loaders, tensors) -> dict:
-    train_loader, val_loader, test_loader = loaders
-    example, latency_batch = tensors
-    model = copy.deepcopy(baseline.model)
-    result = _prune_for_spec(model, spec, sparsity, config, seed, (train_loader, val_loader), example)
+def _fine_tune(model: nn.Module, config: CompareConfig, seed: int, train_loader, pruners: list[Pruner]) -> float:
+    """Fine-tune with the model's recipe, driving the live Pruners from the loop; returns the lr."""
     train_config = default_train_config(config.model, config.dataset)
     lr = config.finetune_lr if config.finetune_lr is not None else train_config.lr * FINETUNE_LR_FACTOR
     if config.finetune_epochs > 0:
@@ -123,7 +124,19 @@ def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int
                                       augment_shift=train_config.augment_shift)
         train(model, finetune_loader, epochs=config.finetune_epochs, lr=lr, optimizer=train_config.optimizer,
               weight_decay=train_config.weight_decay, lr_schedule=train_config.lr_schedule, seed=seed,
-              progress=config.progress)
+              progress=config.progress, callbacks=[PrunerCallback(pruner) for pruner in pruners])
+    return lr
+
+
+def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
+             loaders, tensors) -> dict:
+    train_loader, val_loader, test_loader = loaders
+    example, latency_batch = tensors
+    model = copy.deepcopy(baseline.model)
+    result, pruners = _start_pruning(model, spec, sparsity, config, seed, (train_loader, val_loader), example)
+    lr = _fine_tune(model, config, seed, train_loader, pruners)
+    for pruner in pruners:
+        pruner.finalize()
     deployed = _deployed(model)
     latency_dense, latency = paired_latency(baseline.model, deployed, latency_batch)
     return {

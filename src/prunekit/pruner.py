@@ -131,7 +131,7 @@ class Pruner:
         self._check_live("finalize()")
         granularity = self._pass.granularity
         inputs = self._pass.example_inputs if example_inputs is None else example_inputs
-        if granularity.removable:
+        if granularity.removable and own_masks(self.model, self._token):
             if granularity.needs_example_inputs and inputs is None:
                 raise PrunekitError(
                     f"finalize() removes {granularity.unit} units by tracing the model; pass "

@@ -1,0 +1,236 @@
+"""prunekit.Pruner in a hand-written training loop: masks hold under every optimiser, resume from
+state_dict is exact, structured masks become removed units at finalize, bad input changes nothing."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from prunekit import Pruner, get_masks, prune, remove_masked_units
+from prunekit.errors import PrunekitError
+from prunekit.graph import replay
+from prunekit.schedules import OneShot
+
+from invariants import mlp, random_batches, same_state
+
+X = torch.randn(16, 20, generator=torch.Generator().manual_seed(1))
+Y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(2))
+
+
+def small_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+
+
+def _loop(model, pruner, optimizer, steps, inputs=X, targets=Y):
+    """The loop a user writes: loss (+ penalty), backward, optimiser step, pruner step."""
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(inputs), targets) + pruner.penalty()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.step()
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda params: torch.optim.Adam(params, lr=1e-2),
+    lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1),
+], ids=["sgd-momentum", "adam", "adamw"])
+def test_masks_hold_in_a_hand_written_loop_with_an_optimizer_built_first(make_optimizer):
+    model = mlp()
+    reference = copy.deepcopy(model)
+    optimizer = make_optimizer(model.parameters())  # built before the Pruner: it must keep working
+    pruner = Pruner(model, "magnitude", 0.9, scope="global")
+    _loop(model, pruner, optimizer, steps=1)  # the first step() prunes (after one dense update)
+    masks = get_masks(model)
+    weights_after_pruning = {name: model.get_submodule(name[:-7]).weight.detach().clone() for name in masks}
+    _loop(model, pruner, optimizer, steps=5)
+    for name, keep in masks.items():
+        weight = model.get_submodule(name[:-7]).weight
+        assert bool((weight[~keep] == 0).all()), "a pruned weight came back"
+        assert not torch.equal(weight[keep], weights_after_pruning[name][keep]), "the optimiser stopped updating"
+    assert pruner.sparsity.achieved == pytest.approx(0.9, abs=1 / 500)
+    # the first step pruned exactly what torch's global L1 pruning picks on the same weights
+    one_step = copy.deepcopy(reference)
+    first = make_optimizer(one_step.parameters())
+    nn.functional.cross_entropy(one_step(X), Y).backward()
+    first.step()
+    linears = [(one_step[index], "weight") for index in (0, 2, 4)]
+    torch_prune.global_unstructured(linears, pruning_method=torch_prune.L1Unstructured, amount=0.9)
+    for index in (0, 2, 4):
+        assert torch.equal(masks[f"{index}.weight"], one_step[index].weight_mask.bool())
+
+
+def test_state_dict_resume_is_bit_identical_to_an_uninterrupted_run():
+    def fresh():
+        model = mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, optimizer, Pruner(model, "magnitude", 0.7, scope="global", schedule=OneShot(at_step=2))
+
+    straight, straight_optimizer, straight_pruner = fresh()
+    _loop(straight, straight_pruner, straight_optimizer, steps=6)
+
+    first, first_optimizer, first_pruner = fresh()
+    _loop(first, first_pruner, first_optimizer, steps=4)
+    saved = copy.deepcopy({"model": first.state_dict(), "optimizer": first_optimizer.state_dict(),
+                           "pruner": first_pruner.state_dict()})
+    resumed, resumed_optimizer, resumed_pruner = fresh()
+    resumed_pruner.load_state_dict(saved["pruner"])  # masks first, so the model's state_dict keys match
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    assert resumed_pruner.sparsity == first_pruner.sparsity
+    _loop(resumed, resumed_pruner, resumed_optimizer, steps=2)
+    assert same_state(resumed, straight)
+    assert resumed_pruner.state_dict()["step"] == straight_pruner.state_dict()["step"] == 6
+
+
+def test_structured_masks_while_training_then_finalize_removes_them():
+    model, inputs = small_cnn(), torch.randn(12, 1, 8, 8)
+    targets = torch.randint(0, 3, (12,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    params_before = sum(p.numel() for p in model.parameters())
+    pruner = Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2])
+    result = pruner.step()
+    assert result.unit == "channel" and result.shrink_record is None  # masked, not removed yet
+    assert sum(p.numel() for p in model.parameters()) == params_before  # the optimiser's tensors stay
+    _loop(model, pruner, optimizer, steps=3, inputs=inputs, targets=targets)
+    model.eval()
+    with torch.no_grad():
+        masked_output = model(inputs)
+    assert pruner.finalize() is model and not get_masks(model)
+    assert model[0].out_channels == 4 and model[1].num_features == 4 and model[3].in_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), masked_output, atol=1e-5, rtol=1e-5)
+    fresh = replay(small_cnn(seed=1), inputs[:2], pruner.shrink_record)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(inputs), model(inputs))
+
+
+def test_a_model_pruned_with_remove_false_can_be_shrunk_later():
+    inputs = torch.randn(6, 1, 8, 8)
+    masked, removed = small_cnn().eval(), small_cnn().eval()
+    prune(masked, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=False)
+    direct = prune(removed, "l1", 0.5, granularity="channel", example_inputs=inputs[:2])
+    record = remove_masked_units(masked, "channel", inputs[:2])
+    assert record.steps == direct.shrink_record.steps and not get_masks(masked)
+    assert same_state(masked, removed)
+
+
+def test_sparsity_reports_target_and_achieved_and_penalty_is_zero():
+    model = mlp()
+    pruner = Pruner(model, "magnitude", 0.6, schedule=OneShot(at_step=1))
+    assert pruner.sparsity.target == 0.0 and pruner.sparsity.achieved == 0.0 and not pruner.done
+    assert pruner.step() is None
+    result = pruner.step()
+    assert pruner.done and pruner.sparsity.target == 0.6
+    assert pruner.sparsity.achieved == pytest.approx(result.sparsity_achieved)
+    penalty = pruner.penalty()
+    assert penalty.shape == () and float(penalty) == 0.0
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_step_and_finalize_after_finalize_are_refused():
+    pruner = Pruner(mlp(), "magnitude", 0.5)
+    pruner.step()
+    pruner.finalize()
+    for action in (pruner.step, pruner.finalize, pruner.release):
+        with pytest.raises(PrunekitError, match="after this Pruner was finalized"):
+            action()
+
+
+@pytest.mark.parametrize("other", [
+    {"model": lambda: mlp((20, 16, 12, 5)), "method": "magnitude", "match": "different model"},
+    {"model": mlp, "method": "random", "match": "method='random'"},
+])
+def test_load_state_dict_from_another_model_or_method_is_refused(other):
+    source = other["model"]()
+    source_pruner = Pruner(source, other["method"], 0.5)
+    source_pruner.step()
+    model = mlp()
+    pruner = Pruner(model, "magnitude", 0.5)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(PrunekitError, match=other["match"]):
+        pruner.load_state_dict(source_pruner.state_dict())
+    assert not get_masks(model) and all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(PrunekitError, match="not a Pruner state"):
+        pruner.load_state_dict({"masks": {}})
+
+
+def test_a_second_pruner_on_masks_of_a_live_pruner_is_refused_until_released():
+    model = mlp()
+    first = Pruner(model, "magnitude", 0.5)
+    first.step()
+    masks = get_masks(model)
+    with pytest.raises(PrunekitError, match="masks managed by another Pruner"):
+        Pruner(model, "random", 0.7)
+    assert all(torch.equal(get_masks(model)[name], mask) for name, mask in masks.items())
+    first.release()
+    second = Pruner(model, "magnitude", 0.7)
+    second.step()
+    assert all(bool((get_masks(model)[name] <= mask).all()) for name, mask in masks.items())
+
+
+def test_removing_traced_units_without_example_inputs_is_refused():
+    model = small_cnn()
+    prune(model, "l1", 0.5, granularity="channel", example_inputs=torch.randn(2, 1, 8, 8), remove=False)
+    masks = get_masks(model)
+    with pytest.raises(PrunekitError, match="pass example_inputs"):
+        remove_masked_units(model, "channel")
+    assert get_masks(model).keys() == masks.keys()
+    with pytest.raises(PrunekitError, match="pass example_inputs"):
+        Pruner(model, "l1", 0.5, granularity="channel")
+
+
+def test_unknown_pruner_option_and_bad_schedule_are_refused():
+    with pytest.raises(PrunekitError, match="unknown Pruner option 'exlude'; did you mean 'exclude'"):
+        Pruner(mlp(), "magnitude", 0.5, exlude=["4"])
+    with pytest.raises(PrunekitError, match="schedule must be"):
+        Pruner(mlp(), "magnitude", 0.5, schedule="one-shot")
+    with pytest.raises(PrunekitError, match="at_step"):
+        OneShot(at_step=-1)
+
+
+# ---------------------------------------------------------------- state the user left
+
+
+def _modes(model):
+    return {name: module.training for name, module in model.named_modules()}
+
+
+def _running_stats(model):
+    return {name: buffer.clone() for name, buffer in model.named_buffers() if "running" in name}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"method": "taylor"},
+    {"method": "taylor", "granularity": "channel", "remove": False},
+    {"method": "activation-mean", "granularity": "channel"},
+    {"method": "removal-cost", "granularity": "layer"},
+], ids=["unstructured-taylor", "channel-taylor-masked", "channel-activation-removed", "layer-removal-cost"])
+def test_modes_running_stats_and_global_rng_are_left_as_found(kwargs):
+    """A BatchNorm the user froze stays in eval mode inside a model in train mode, no running
+    statistic moves, and a shuffling DataLoader's draws do not leak into the global RNG."""
+    from prunekit.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", (1, 8, 8), 10).train()
+    model.layer2[0].bn1.eval()
+    inputs, targets = random_batches((1, 8, 8), 10, rows=8)[0]
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, targets), batch_size=4, shuffle=True)
+    modes, stats, rng = _modes(model), _running_stats(model), torch.get_rng_state()
+    result = prune(model, sparsity=0.3, data=data, example_inputs=inputs[:2], **kwargs)
+    assert result.units_after < result.units_before
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = _modes(model)
+    assert all(after[name] == mode for name, mode in modes.items() if name in after)
+    assert not model.layer2[0].bn1.training and model.training
+    if result.shrink_record is None or kwargs.get("granularity") == "layer":  # shapes unchanged
+        now = _running_stats(model)
+        assert all(torch.equal(now[name], value) for name, value in stats.items() if name in now)
