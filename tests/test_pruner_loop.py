@@ -11,7 +11,7 @@ from torch.nn.utils import prune as torch_prune
 from prunekit import Pruner, get_masks, prune, remove_masked_units
 from prunekit.errors import PrunekitError
 from prunekit.graph import replay
-from prunekit.schedules import OneShot
+from prunekit.schedules import OneShot, Schedule
 
 from invariants import mlp, random_batches, same_state
 
@@ -234,3 +234,32 @@ def test_modes_running_stats_and_global_rng_are_left_as_found(kwargs):
     if result.shrink_record is None or kwargs.get("granularity") == "layer":  # shapes unchanged
         now = _running_stats(model)
         assert all(torch.equal(now[name], value) for name, value in stats.items() if name in now)
+
+
+class _EveryStep(Schedule):
+    """Prunes at every step to the final target (a schedule that prunes more than once)."""
+
+    def prunes_at(self, step):
+        return True
+
+    def sparsity_at(self, step, final):
+        return final
+
+    def finished(self, step):
+        return False
+
+    def to_dict(self):
+        return {"type": "EveryStep"}
+
+
+def test_removing_pruner_reports_sparsity_of_the_original_units_and_refuses_a_second_removal():
+    model, inputs = small_cnn(), torch.randn(4, 1, 8, 8)
+    pruner = Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=True,
+                    schedule=_EveryStep())
+    result = pruner.step()
+    assert result.shrink_record.steps and model[0].out_channels == 4
+    assert pruner.sparsity.achieved == result.sparsity_achieved == pytest.approx(7 / 14)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(PrunekitError, match="suits schedules that prune once"):
+        pruner.step()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

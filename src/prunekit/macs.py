@@ -27,6 +27,8 @@ from torch.nn.utils import parametrize
 from prunekit import inputs
 from prunekit.errors import PrunekitError
 from prunekit.layers import LayerHandler, handler_for
+from prunekit.layers.attention import unfused_transformer_layers
+from prunekit.state import preserved_modes
 
 MacCounts = dict[str, tuple[int, int]]  # module name -> (dense MACs, nonzero MACs), whole batch
 
@@ -48,24 +50,6 @@ def direct_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
     if parametrize.is_parametrized(module):
         params.update({name: getattr(module, name) for name in module.parametrizations})
     return params
-
-
-@contextlib.contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore every module's own training flag on exit (``model.train(flag)`` would flatten).
-
-    >>> model = nn.Sequential(nn.Dropout())
-    >>> with preserved_modes(model):
-    ...     _ = model.eval()
-    >>> model[0].training
-    True
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _hook_for(name: str, handler: LayerHandler | None, counts: MacCounts, skipped: list[str]) -> Callable:
@@ -124,10 +108,8 @@ def macs_by_module(
         raise PrunekitError(f"batch_size must be a positive integer, got {batch}")
     with preserved_modes(model), _mac_hooks(model) as (counts, skipped), torch.no_grad():
         model.eval()
-        for module in model.modules():
-            if isinstance(module, nn.TransformerEncoderLayer):
-                module.training = True  # disables the fused fast path; children stay in eval
-        inputs.call_model(model, example_inputs)
+        with unfused_transformer_layers(model):
+            inputs.call_model(model, example_inputs)
     per_example = {name: (dense // batch, nz // batch) for name, (dense, nz) in counts.items()}
     return per_example, list(skipped)
 

@@ -22,9 +22,9 @@ from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity
 from prunekit.masking import apply_masks, get_masks, remove_carrying_masks
-from prunekit.request import PruneRequest, count_parameters
+from prunekit.request import PruneRequest, count_parameters, require_example_inputs
 from prunekit.select import SelectionRule, select
-from prunekit.stats import preserved_state
+from prunekit.state import preserved_state
 from prunekit.types import PruneResult
 
 
@@ -60,7 +60,7 @@ def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup]) -> di
     generator = torch.Generator().manual_seed(options.seed)
     scores = {}
     for group in groups:
-        score = criterion.score(evidence[group.name], generator).float().reshape(group.unit_shape)
+        score = criterion.score(evidence[group.name], generator).float().cpu().reshape(group.unit_shape)
         scores[group.name] = score.masked_fill(~kept[group.name].reshape(group.unit_shape), -math.inf)
     return scores
 
@@ -95,14 +95,22 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
         keep = choose_units(step, groups, scores, granularity.kept(model, groups), sparsity)
         masks = None if remove else granularity.to_masks(model, groups, keep)
     record = None
-    with preserved_state(model):
-        if masks is None:
-            record = remove_carrying_masks(
-                model, lambda target, check: granularity.remove(target, groups, keep, step.example_inputs, check))
-        else:
+    if masks is None:
+        record = remove_units(model, granularity, groups, keep, step.example_inputs)
+    else:
+        with preserved_state(model):
             apply_masks(model, masks, owner)
     present = keep if record is not None else granularity.present(model, groups)
     return build_result(model, step, groups, before, present, record, sparsity)
+
+
+def remove_units(model: nn.Module, granularity: Granularity, groups: Sequence[UnitGroup],
+                 keep: Mapping[str, torch.Tensor], example_inputs: object) -> ShrinkRecord:
+    """Remove the units with ``keep == False`` physically, carrying the masks on the model along."""
+    require_example_inputs(granularity, example_inputs, f"removing {granularity.unit} units")
+    with preserved_state(model):  # removal traces the model: no mode or RNG change may leak
+        return remove_carrying_masks(
+            model, lambda target, check: granularity.remove(target, groups, keep, example_inputs, check))
 
 
 def build_result(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], before: _Before,

@@ -24,12 +24,13 @@ from prunekit.errors import PrunekitError
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import get_granularity
-from prunekit.masking import bake, mask_owners, release_masks, remove_carrying_masks
-from prunekit.pipeline import Pass, prune_pass
+from prunekit.masking import bake, mask_owners, release_masks
+from prunekit.pipeline import Pass, prune_pass, remove_units
 from prunekit.pruner_state import check_state, load_masks, own_masks
-from prunekit.request import PruneOptions, PruneRequest, model_signature, validate_request
+from prunekit.request import PruneOptions, PruneRequest, model_signature, require_example_inputs, validate_request
 from prunekit.schedules import OneShot, Schedule
-from prunekit.stats import LossFn, preserved_state
+from prunekit.state import preserved_state
+from prunekit.stats import LossFn
 from prunekit.targets import ExcludeItem
 from prunekit.types import PruneResult, SparsityReport
 
@@ -74,6 +75,8 @@ class Pruner:
         self.model = model
         self._pass = Pass(self.request, granularity_, criterion, data, example_inputs)
         self._token = uuid.uuid4().hex
+        self._groups: list[UnitGroup] = []
+        self._groups_signature: dict | None = None
         self._groups = self._find_groups()  # also validates `exclude` and that there is something to prune
         self._step = 0
         self._target: float | None = 0.0 if sparsity is not None else None
@@ -91,6 +94,12 @@ class Pruner:
         step, self._step = self._step, self._step + 1
         if not self.schedule.prunes_at(step):
             return None
+        if self._removes and self.shrink_record is not None:
+            raise PrunekitError(
+                "this Pruner removes units physically at each pruning step (remove=True), which suits "
+                "schedules that prune once; with a schedule that prunes again, leave remove=False (units "
+                "are masked while training and removed by finalize())"
+            )
         target = self.schedule.sparsity_at(step, self.request.sparsity) if self.request.sparsity is not None else None
         result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
         self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
@@ -106,12 +115,16 @@ class Pruner:
     @property
     def sparsity(self) -> SparsityReport:
         """The target the schedule has reached so far and the share of targeted units now gone."""
-        if self._state == "live" and self._step:
+        if self._state == "live" and self._step and not self._removes:
             groups = self._find_groups()
             present = self._pass.granularity.present(self.model, groups)
             total = sum(group.num_units for group in groups)
             self._achieved = 1.0 - sum(int(mask.sum()) for mask in present.values()) / max(total, 1)
         return SparsityReport(self._target, self._achieved)
+
+    @property
+    def _removes(self) -> bool:
+        return self.request.options.remove and self._pass.granularity.removable
 
     @property
     def done(self) -> bool:
@@ -132,11 +145,6 @@ class Pruner:
         granularity = self._pass.granularity
         inputs = self._pass.example_inputs if example_inputs is None else example_inputs
         if granularity.removable and own_masks(self.model, self._token):
-            if granularity.needs_example_inputs and inputs is None:
-                raise PrunekitError(
-                    f"finalize() removes {granularity.unit} units by tracing the model; pass "
-                    "example_inputs=<a small batch of real inputs>"
-                )
             record = remove_masked_units(self.model, granularity.name, inputs, self.request.options.exclude)
             self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
         bake(self.model)
@@ -182,7 +190,7 @@ class Pruner:
     def _find_groups(self) -> list[UnitGroup]:
         """The groups of the model as it is now (found again only when its shapes changed)."""
         signature = model_signature(self.model)
-        if getattr(self, "_groups_signature", None) != signature:
+        if self._groups_signature != signature:
             with preserved_state(self.model):
                 self.model.eval()
                 self._groups = self._pass.granularity.find(self.model, self._pass.example_inputs,
@@ -206,17 +214,12 @@ def remove_masked_units(model: nn.Module, granularity: str, example_inputs: obje
     unit_granularity = get_granularity(granularity)
     if not unit_granularity.removable:
         raise PrunekitError(f"granularity '{granularity}' has no units to remove physically; bake the masks instead")
-    if unit_granularity.needs_example_inputs and example_inputs is None:
-        raise PrunekitError(
-            f"removing {granularity} units traces the model; pass example_inputs=<a small batch of real inputs>"
-        )
+    require_example_inputs(unit_granularity, example_inputs, f"removing {granularity} units")
     with preserved_state(model):
         model.eval()
         groups = unit_granularity.find(model, example_inputs, tuple(exclude))
         keep = unit_granularity.kept(model, groups)
-    with preserved_state(model):
-        return remove_carrying_masks(
-            model, lambda target, check: unit_granularity.remove(target, groups, keep, example_inputs, check))
+    return remove_units(model, unit_granularity, groups, keep, example_inputs)
 
 
 def prune(

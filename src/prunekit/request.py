@@ -118,6 +118,18 @@ def _check_options(options: PruneOptions, granularity: Granularity) -> None:
         raise PrunekitError(f"loss_fn must be a function (outputs, targets) -> loss, got {options.loss_fn!r}")
 
 
+def require_example_inputs(granularity: Granularity, example_inputs: object, what: str) -> None:
+    """An error when `granularity` traces the model and there are no example inputs.
+
+    >>> require_example_inputs(get_granularity("head"), None, "granularity 'head'")
+    """
+    if example_inputs is None and granularity.needs_example_inputs:
+        raise PrunekitError(
+            f"{what} traces the model to find coupled layers; pass example_inputs=<a small batch of "
+            "real inputs>"
+        )
+
+
 def validate_request(request: PruneRequest, data: Iterable | None, example_inputs: object) -> tuple[Granularity, Criterion]:
     """Check a request without touching any model; returns its granularity and criterion.
 
@@ -129,11 +141,7 @@ def validate_request(request: PruneRequest, data: Iterable | None, example_input
     criterion = granularity.criterion(request.method)
     _check_goal(request, granularity)
     _check_options(request.options, granularity)
-    if example_inputs is None and granularity.needs_example_inputs:
-        raise PrunekitError(
-            f"granularity '{granularity.name}' traces the model to find coupled layers; pass "
-            "example_inputs=<a small batch of real inputs>"
-        )
+    require_example_inputs(granularity, example_inputs, f"granularity '{granularity.name}'")
     if request.scope not in SCOPES:
         raise unknown_name("scope", request.scope, SCOPES)
     if criterion.needs is not None and data is None:
@@ -158,4 +166,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(math.prod(shape) for shape in model_signature(model).values())
 
 
-__all__ = ["PruneOptions", "PruneRequest", "count_parameters", "model_signature", "validate_request"]
+__all__ = ["PruneOptions", "PruneRequest", "count_parameters", "model_signature", "require_example_inputs",
+           "validate_request"]

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from prunekit.data import DatasetSplits, list_datasets, load_dataset, make_loader
 from prunekit.callbacks import TrainCallback, validated_callbacks
-from prunekit.rng import cuda_devices_of, seeded_rng
+from prunekit.state import cuda_devices_of, preserved_modes, seeded_rng
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.io import atomic_save
 from prunekit.zoo import build_model, list_models
@@ -259,13 +259,9 @@ def train(
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode; restore each one's own previous mode afterwards."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with preserved_modes(model):
+        model.eval()
         yield
-    finally:
-        for module, was_training in modes.items():
-            module.training = was_training
 
 
 def evaluate(model: nn.Module, loader: DataLoader) -> float:

@@ -33,7 +33,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.record import ShrinkRecord, step_keep_mask
-from prunekit.graph.trace import as_call
+from prunekit.inputs import as_call
 from prunekit.masking import named_effective_parameters
 
 GRANULARITY = "layer"

@@ -18,11 +18,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import PrunekitError
+from prunekit.graph.types import GRANULARITIES as UNIT_GRANULARITIES
 
 FORMAT = "prunekit-shrink-record"
 VERSION = 1
-#: Granularities a record can hold; the unit ones are replayed by ``shrink``.
-UNIT_GRANULARITIES = ("neuron", "channel", "lstm-unit")
+#: Granularities a record can hold; the unit ones (found by tracing) are replayed by ``shrink``.
 RECORD_GRANULARITIES = (*UNIT_GRANULARITIES, "head", "layer")
 _STEP_KEYS = {"round", "group", "granularity", "num_units", "removed"}
 

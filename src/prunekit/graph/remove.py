@@ -18,7 +18,8 @@ from torch_pruning import ops
 
 from prunekit.errors import PrunekitError
 from prunekit.graph.masks import unit_masks_to_param_masks
-from prunekit.graph.trace import as_call, model_outputs, trace_graph
+from prunekit.graph.trace import trace_graph
+from prunekit.inputs import as_call, model_outputs
 from prunekit.graph.types import UnitGroup
 from prunekit.masking import apply_masks
 

@@ -23,6 +23,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph.lstm import rnn_boundaries
 from prunekit.inputs import Run, as_call, model_outputs
 from prunekit.layers.rnn import RnnUnitPruner
+from prunekit.state import preserved_modes
 
 __all__ = ["TracedGraph", "as_call", "model_outputs", "trace_graph"]
 
@@ -43,17 +44,15 @@ class TracedGraph:
 @contextlib.contextmanager
 def _tracing_state(model: nn.Module) -> Iterator[None]:
     """Let autograd see every parameter (frozen ones too), then restore flags and modes."""
-    training = {module: module.training for module in model.modules()}
     requires_grad = {param: param.requires_grad for param in model.parameters()}
-    try:
-        for param in requires_grad:
-            param.requires_grad_(True)
-        yield
-    finally:
-        for module, mode in training.items():
-            module.training = mode
-        for param, flag in requires_grad.items():
-            param.requires_grad_(flag)
+    with preserved_modes(model):
+        try:
+            for param in requires_grad:
+                param.requires_grad_(True)
+            yield
+        finally:
+            for param, flag in requires_grad.items():
+                param.requires_grad_(flag)
 
 
 class _CallTracker:

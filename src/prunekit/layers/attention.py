@@ -12,14 +12,18 @@ Head layouts prunekit recognises (anything else has no heads to remove):
 
 from __future__ import annotations
 
-from collections.abc import Set
+import inspect
+from collections.abc import Callable, Iterator, Set
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import PrunekitError
 from prunekit.layers.base import LayerHandler, MacRow, nnz
-from prunekit.layers.pruned_attention import PrunedMultiheadAttention
+from prunekit.layers.pruned_attention import AttentionMasks, PrunedMultiheadAttention, attention_context
 
 HF_PROJECTIONS = ("query", "key", "value")
 _PACKED = (nn.MultiheadAttention, PrunedMultiheadAttention)
@@ -153,3 +157,50 @@ def find_attentions(model: nn.Module, excluded: Set[str] = frozenset()) -> list[
         elif (attention := _hf_attention(name, module, modules)) is not None:
             found.append(attention)
     return found
+
+
+def watch_head_contexts(attention: Attention, on_context: Callable[[torch.Tensor], None]) -> RemovableHandle:
+    """Call ``on_context(context)`` with the per-head context vectors (before the output
+    projection; ``(..., heads * head_dim)``) each time `attention` runs; returns the hook handle.
+
+    BERT-style and pruned attention feed the context to their output projection, so it is read
+    there; ``nn.MultiheadAttention`` applies that projection functionally, so its context is
+    recomputed from the call's arguments.
+    """
+    if attention.qkv is not None or isinstance(attention.module, PrunedMultiheadAttention):
+        return attention.out_proj.register_forward_pre_hook(lambda _, args: on_context(args[0]))
+    signature = inspect.signature(nn.MultiheadAttention.forward)
+
+    def recompute(module, args, kwargs, _output) -> None:
+        bound = signature.bind(module, *args, **kwargs).arguments
+        masks = AttentionMasks(bound.get("attn_mask"), bound.get("key_padding_mask"), bound.get("is_causal", False))
+        with torch.no_grad():
+            context, _ = attention_context(module, bound["query"], bound["key"], bound["value"], masks)
+        on_context(context)
+
+    return attention.module.register_forward_hook(recompute, with_kwargs=True)
+
+
+@contextmanager
+def unfused_transformer_layers(model: nn.Module) -> Iterator[None]:
+    """While active, every ``nn.TransformerEncoderLayer`` has its own ``training`` flag set (not its
+    children's), which keeps PyTorch off its fused fast paths that bypass the submodules (the
+    layer's fused kernel, and ``nn.TransformerEncoder``'s nested tensors for padded batches);
+    the flags are restored on exit. Used where hooks must see every submodule run.
+
+    >>> layer = nn.TransformerEncoderLayer(8, 2).eval()
+    >>> with unfused_transformer_layers(layer):
+    ...     layer.training, layer.self_attn.training
+    (True, False)
+    >>> layer.training
+    False
+    """
+    layers = [module for module in model.modules() if isinstance(module, nn.TransformerEncoderLayer)]
+    flags = [layer.training for layer in layers]
+    try:
+        for layer in layers:
+            layer.training = True
+        yield
+    finally:
+        for layer, flag in zip(layers, flags):
+            layer.training = flag

@@ -26,7 +26,8 @@ from prunekit.errors import unknown_name
 from prunekit.stats.activations import ActivationPoint, capture_outputs, collect_activation_stats
 from prunekit.stats.gradients import collect_gradient_stats
 from prunekit.stats.heads import collect_head_norms, head_output_norms
-from prunekit.stats.loop import LossFn, for_each_batch, preserved_state
+from prunekit.state import preserved_state
+from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 from prunekit.stats.removal import mean_loss, removal_costs
 
 #: ``collector(model, probes, data, loss_fn, num_batches) -> {probe key: observation}``
@@ -72,5 +73,5 @@ def collect(kind: str, model: nn.Module, probes: Sequence, data: Iterable, loss_
 __all__ = [
     "COLLECTORS", "ActivationPoint", "LossFn", "capture_outputs", "collect", "collect_activation_stats",
     "collect_gradient_stats", "collect_head_norms", "for_each_batch", "head_output_norms", "mean_loss",
-    "preserved_state", "removal_costs",
+    "loss_or_default", "preserved_state", "removal_costs",
 ]

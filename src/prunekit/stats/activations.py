@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prunekit.inputs import call_model
-from prunekit.stats.loop import LossFn, for_each_batch
+from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def collect_activation_stats(
     >>> sorted(collect_activation_stats(model, data, [ActivationPoint("0", -1)], gradients=True)["0"])
     ['grad_abs', 'mean_abs', 'taylor', 'zero_fraction']
     """
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_or_default(loss_fn)
     accumulators = {point.module_name: _Accumulator() for point in points}
     dims = {point.module_name: point.channel_dim for point in points}
 

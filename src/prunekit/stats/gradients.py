@@ -10,11 +10,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prunekit.inputs import call_model
 from prunekit.masking import original_parameter
-from prunekit.stats.loop import LossFn, for_each_batch
+from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 
 
 def collect_gradient_stats(
@@ -35,7 +34,7 @@ def collect_gradient_stats(
     >>> collect_gradient_stats(model, batches, ["weight"])["weight"].shape
     torch.Size([3, 4])
     """
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_or_default(loss_fn)
     tensors = [original_parameter(model, name) for name in names]
     sums = [torch.zeros_like(tensor) for tensor in tensors]
 

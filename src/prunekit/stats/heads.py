@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -12,8 +11,7 @@ from torch import nn
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.types import UnitGroup
 from prunekit.inputs import as_call
-from prunekit.layers.attention import Attention, find_attentions
-from prunekit.layers.pruned_attention import AttentionMasks, PrunedMultiheadAttention, attention_context
+from prunekit.layers.attention import Attention, find_attentions, watch_head_contexts
 from prunekit.stats.loop import LossFn, for_each_batch
 
 
@@ -25,27 +23,6 @@ def _add_head_norms(totals: dict, attention: Attention, context: torch.Tensor) -
     norms = torch.einsum("thd,ehd->the", per_head, weight).norm(dim=-1)  # (tokens, heads)
     total, count = totals.get(attention.name, (0.0, 0))
     totals[attention.name] = (total + norms.sum(dim=0).cpu(), count + norms.shape[0])
-
-
-def _context_hook(attention: Attention, totals: dict):
-    if attention.qkv is not None or isinstance(attention.module, PrunedMultiheadAttention):
-        # the context is the output projection's input; nn.MultiheadAttention calls F.linear instead
-        return attention.out_proj.register_forward_pre_hook(
-            lambda _, args: _add_head_norms(totals, attention, args[0])
-        )
-    signature = inspect.signature(nn.MultiheadAttention.forward)
-
-    def recompute(module, args, kwargs, _output) -> None:
-        bound = signature.bind(module, *args, **kwargs).arguments
-        masks = AttentionMasks(
-            bound.get("attn_mask"), bound.get("key_padding_mask"), bound.get("is_causal", False)
-        )
-        with torch.no_grad():
-            inputs = bound["query"], bound["key"], bound["value"]
-            context, _ = attention_context(module, *inputs, masks)
-        _add_head_norms(totals, attention, context)
-
-    return attention.module.register_forward_hook(recompute, with_kwargs=True)
 
 
 @contextlib.contextmanager
@@ -61,7 +38,10 @@ def recording_head_norms(model: nn.Module, groups: Iterable[UnitGroup]):
     if missing:
         raise unknown_name("attention (head group)", missing[0], attentions)
     totals: dict = {}
-    handles = [_context_hook(attentions[group.name], totals) for group in groups]
+    handles = [
+        watch_head_contexts(attentions[group.name], lambda context, a=attentions[group.name]: _add_head_norms(totals, a, context))
+        for group in groups
+    ]
     try:
         yield totals
     finally:

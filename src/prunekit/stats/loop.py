@@ -1,44 +1,32 @@
-"""The one loop over data batches every statistics collector uses, and the state it protects.
+"""The one loop over data batches every statistics collector uses.
 
-prunekit leaves what it finds exactly as it was: every module's own train/eval flag (a
-BatchNorm the user put in eval mode stays in eval mode inside a model in train mode) and the
-global random number generators (iterating a shuffling DataLoader draws from torch's global RNG).
+It leaves what it finds exactly as it was (``prunekit.state``): every module's own train/eval
+flag (a BatchNorm the user put in eval mode stays in eval mode inside a model in train mode) and
+the global random number generators (iterating a shuffling DataLoader draws from torch's RNG).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from prunekit.errors import PrunekitError
+from prunekit.state import preserved_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore every module's own training flag and torch's global RNG state on exit (also on
-    error); CUDA generators too once CUDA is initialised.
+def loss_or_default(loss_fn: LossFn | None) -> LossFn:
+    """`loss_fn`, or cross-entropy (what data-driven criteria differentiate by default).
 
-    >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2).eval())
-    >>> state = torch.get_rng_state()
-    >>> with preserved_state(model):
-    ...     _ = model.eval(), torch.rand(3)
-    >>> [m.training for m in model.modules()], torch.equal(state, torch.get_rng_state())
-    ([True, True, False], True)
+    >>> loss_or_default(None) is F.cross_entropy
+    True
     """
-    modes = [(module, module.training) for module in model.modules()]
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            for module, training in modes:
-                module.training = training
+    return F.cross_entropy if loss_fn is None else loss_fn
 
 
 def for_each_batch(

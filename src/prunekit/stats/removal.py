@@ -7,11 +7,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prunekit.graph.layers import score_layers
 from prunekit.inputs import call_model
-from prunekit.stats.loop import LossFn, for_each_batch
+from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 
 
 def mean_loss(model: nn.Module, batches: list, loss_fn: LossFn | None = None) -> float:
@@ -22,7 +21,7 @@ def mean_loss(model: nn.Module, batches: list, loss_fn: LossFn | None = None) ->
     >>> round(mean_loss(model, [(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))]), 4)
     0.6931
     """
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_or_default(loss_fn)
     losses: list[float] = []
     with torch.no_grad():
         for_each_batch(model, batches, len(batches),
