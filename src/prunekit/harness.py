@@ -21,7 +21,7 @@ from torch import nn
 from prunekit.data import load_dataset, make_loader
 from prunekit.errors import PrunekitError
 from prunekit.io import atomic_write_text
-from prunekit.masking import bake
+from prunekit.masking import bake, copy_model
 from prunekit.metrics import count_macs, count_params, measure_latency
 from prunekit.hybrid import prune_hybrid
 from prunekit.methods import MethodSpec, parse_method_spec
@@ -71,7 +71,7 @@ class _Baseline:
 
 def _deployed(model: nn.Module) -> nn.Module:
     """The model as it would ship: masks baked into plain weights (the caller's copy is untouched)."""
-    return bake(copy.deepcopy(model))
+    return bake(copy_model(model))
 
 
 def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:

@@ -28,13 +28,16 @@ class KeepMask(nn.Module):
     """Parametrization that multiplies a parameter by a fixed bool keep-mask.
 
     `owner` is the token of the ``prunekit.Pruner`` that manages the mask while it lives (None:
-    nobody; the mask just stays). It is not part of the state_dict.
+    nobody; the mask just stays). `param_order` remembers the module's parameter names in their
+    original order, so unmasking puts them back in it (optimiser state is matched by position).
+    Neither is part of the state_dict.
     """
 
-    def __init__(self, keep_mask: torch.Tensor, owner: str | None = None) -> None:
+    def __init__(self, keep_mask: torch.Tensor, owner: str | None = None, param_order: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.register_buffer("keep_mask", keep_mask.detach().clone().to(torch.bool))
         self.owner = owner
+        self.param_order = param_order
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         return original * self.keep_mask
@@ -141,11 +144,22 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str 
             existing.keep_mask.logical_and_(keep_mask.to(device=device, dtype=torch.bool))
             existing.owner = owner if owner is not None else existing.owner
         else:
+            order = _param_order(module)
             _own_class(module)
             parametrize.register_parametrization(
-                module, param_name, KeepMask(keep_mask.to(device), owner), unsafe=True
+                module, param_name, KeepMask(keep_mask.to(device), owner, order), unsafe=True
             )
     return model
+
+
+def _param_order(module: nn.Module) -> tuple[str, ...]:
+    """The module's parameter names in their original order (before any was parametrized)."""
+    if parametrize.is_parametrized(module):
+        for name in module.parametrizations:
+            keep = _mask_parametrization(module, name)
+            if keep is not None and keep.param_order:
+                return keep.param_order
+    return tuple(module._parameters)
 
 
 def _keep_masks(model: nn.Module) -> Iterator[tuple[str, KeepMask]]:
@@ -200,6 +214,7 @@ def _unmask_module(module: nn.Module, names: list[str], bake_zeros: bool) -> Non
         for name in names:
             parametrize.remove_parametrizations(module, name, leave_parametrized=bake_zeros)
         return
+    order = _param_order(module)
     plain = {}
     for name in names:
         original = module.parametrizations[name].original
@@ -211,6 +226,10 @@ def _unmask_module(module: nn.Module, names: list[str], bake_zeros: bool) -> Non
     module.__class__ = module.__class__.__bases__[0]
     for name, param in plain.items():
         module._parameters[name] = param
+    rank = {name: index for index, name in enumerate(order)}
+    ordered = sorted(module._parameters.items(), key=lambda item: rank.get(item[0], len(rank)))
+    module._parameters.clear()
+    module._parameters.update(ordered)
     handler = handler_for(module)
     if handler is not None:
         handler.refresh(module)
@@ -255,12 +274,32 @@ def bake(model: nn.Module) -> nn.Module:
     return model
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` that also works on masked recurrent layers.
+
+    After a forward pass with gradients, a masked ``nn.LSTM`` caches its masked weights (computed,
+    non-leaf tensors) for its fused kernel, and torch refuses to deepcopy those; they are
+    recomputed without gradient first (the next forward recomputes them anyway).
+
+    >>> lstm = apply_masks(nn.LSTM(2, 2), {"weight_hh_l0": torch.ones(8, 2, dtype=torch.bool)})
+    >>> _ = lstm(torch.ones(3, 1, 2))
+    >>> type(copy_model(lstm)).__name__
+    'ParametrizedLSTM'
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            handler = handler_for(module) if parametrize.is_parametrized(module) else None
+            if handler is not None:
+                handler.refresh(module)
+    return copy.deepcopy(model)
+
+
 _NO_MASK, _KEPT, _PRUNED = 2.0, 1.0, 0.0
 
 
 def _mask_carrier(model: nn.Module) -> nn.Module:
     """A copy of `model` without masks whose parameters encode them: 1 kept, 0 pruned, 2 unmasked."""
-    carrier = copy.deepcopy(model)
+    carrier = copy_model(model)
     masks = strip_masks(carrier)
     with torch.no_grad():
         for name, param in carrier.named_parameters():

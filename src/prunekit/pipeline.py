@@ -74,7 +74,21 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
         min_keep=granularity.min_keep, round_to=request.options.round_to, normalize=granularity.normalize,
     )
     keep = select(scores, rule)
-    return {group.name: keep[group.name] & kept[group.name].reshape(group.unit_shape) for group in groups}
+    chosen = {}
+    for group in groups:
+        alive = keep[group.name] & kept[group.name].reshape(group.unit_shape)
+        floor = min(granularity.min_keep, group.num_units)
+        if int(alive.sum()) < floor:  # masks already took every unit: keep the floor, still masked
+            alive = alive | _best(scores[group.name], floor)
+        chosen[group.name] = alive
+    return chosen
+
+
+def _best(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` highest scores (ties: the earlier entry), as a bool mask shaped like `scores`."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.argsort(scores.flatten(), descending=True, stable=True)[:count]] = True
+    return mask.view(scores.shape)
 
 
 def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsity: float | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+
 from collections.abc import Mapping
 
 from torch import nn
@@ -10,6 +10,7 @@ from torch import nn
 from prunekit.graph.heads import replay_head_round
 from prunekit.graph.layers import replay_layer_round
 from prunekit.graph.record import ShrinkRecord, round_family
+from prunekit.masking import copy_model
 from prunekit.graph.shrink import replay_unit_round
 
 _ROUND_REPLAYERS = {"unit": replay_unit_round, "head": replay_head_round, "layer": replay_layer_round}
@@ -36,7 +37,7 @@ def replay(
     record = ShrinkRecord.from_dict(record)
     rounds = record.rounds
     if len(rounds) > 1:  # later rounds can only be validated after earlier ones ran: rehearse
-        rehearsal = copy.deepcopy(model)
+        rehearsal = copy_model(model)
         for steps in rounds:
             _ROUND_REPLAYERS[round_family(steps)](rehearsal, example_inputs, steps, check)
         check = False

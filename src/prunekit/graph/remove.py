@@ -9,7 +9,7 @@ another group was removed first (which would happen with a concatenation feeding
 
 from __future__ import annotations
 
-import copy
+
 from collections.abc import Mapping
 
 import torch
@@ -21,7 +21,7 @@ from prunekit.graph.masks import unit_masks_to_param_masks
 from prunekit.graph.trace import trace_graph
 from prunekit.inputs import as_call, model_outputs
 from prunekit.graph.types import UnitGroup
-from prunekit.masking import apply_masks
+from prunekit.masking import apply_masks, bake, copy_model
 
 Groups = Mapping[str, UnitGroup]
 Keep = Mapping[str, torch.Tensor]
@@ -91,7 +91,8 @@ def removal_mismatch(
 ) -> str | None:
     """None if removing units (on a copy) computes what masking them computes; else the problem.
 
-    Both copies run in eval mode on `example_inputs`; `model` itself is not touched.
+    Both copies run in eval mode on `example_inputs`; `model` itself is not touched. Masks already
+    on `model` are baked into both copies first.
 
     >>> from prunekit.graph import find_unit_groups
     >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
@@ -100,7 +101,8 @@ def removal_mismatch(
     >>> print(removal_mismatch(model, torch.ones(1, 4), groups, keep))
     None
     """
-    trial, masked = copy.deepcopy(model), copy.deepcopy(model)
+    plain = bake(copy_model(model))  # masks baked in: the same function, and removal needs plain weights
+    trial, masked = copy_model(plain), copy_model(plain)
     try:
         remove_units(trial, example_inputs, groups, keep_units)
         got = _eval_outputs(trial, example_inputs)
