@@ -263,3 +263,14 @@ def test_removing_pruner_reports_sparsity_of_the_original_units_and_refuses_a_se
     with pytest.raises(PrunekitError, match="suits schedules that prune once"):
         pruner.step()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_a_failed_step_changes_nothing_and_can_be_retried():
+    model, batches = mlp(), random_batches((20,), 4, rows=8)
+    data = []  # a loader that yields nothing: statistics cannot be collected
+    pruner = Pruner(model, "taylor", 0.5, data=data)
+    with pytest.raises(PrunekitError, match="yielded no batches"):
+        pruner.step()
+    assert pruner.state_dict()["step"] == 0 and not get_masks(model)
+    data.extend(batches)  # the same loader object, now with data
+    assert pruner.step() is not None and pruner.state_dict()["step"] == 1

@@ -20,6 +20,7 @@ from torch import nn
 
 from prunekit.data import load_dataset, make_loader
 from prunekit.errors import PrunekitError
+from prunekit.granularity import get_granularity
 from prunekit.io import atomic_write_text
 from prunekit.masking import bake, copy_model
 from prunekit.metrics import count_macs, count_params, measure_latency
@@ -107,8 +108,9 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
     if spec.granularity == "hybrid":
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
                             scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed), []
-    # the cost of removing a whole block is measured on held-out data
-    data = val_loader if spec.granularity == "layer" else train_loader
+    # the loss when units are removed is measured on held-out data, everything else on training data
+    needs = get_granularity(spec.granularity).criterion(spec.method).needs
+    data = val_loader if needs == "removal-loss" else train_loader
     # one-shot: structured units go at once, so fine-tuning runs on the small model
     pruner = Pruner(model, spec.method, sparsity, granularity=spec.granularity, scope=config.scope, data=data,
                     example_inputs=example, exclude=config.exclude, seed=seed, remove=True)

@@ -23,7 +23,7 @@ from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity
 from prunekit.masking import apply_masks, get_masks, remove_carrying_masks
 from prunekit.request import PruneRequest, count_parameters, require_example_inputs
-from prunekit.select import SelectionRule, select
+from prunekit.select import SelectionRule, keep_highest, select
 from prunekit.state import preserved_state
 from prunekit.types import PruneResult
 
@@ -79,16 +79,9 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
         alive = keep[group.name] & kept[group.name].reshape(group.unit_shape)
         floor = min(granularity.min_keep, group.num_units)
         if int(alive.sum()) < floor:  # masks already took every unit: keep the floor, still masked
-            alive = alive | _best(scores[group.name], floor)
+            alive = alive | keep_highest(scores[group.name], floor)
         chosen[group.name] = alive
     return chosen
-
-
-def _best(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """The `count` highest scores (ties: the earlier entry), as a bool mask shaped like `scores`."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    mask[torch.argsort(scores.flatten(), descending=True, stable=True)[:count]] = True
-    return mask.view(scores.shape)
 
 
 def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsity: float | None,

@@ -91,20 +91,23 @@ class Pruner:
         """Advance the schedule by one step; prune if it says so. Returns what that pruning did
         (None when this step does not prune)."""
         self._check_live("step()")
-        step, self._step = self._step, self._step + 1
-        if not self.schedule.prunes_at(step):
-            return None
-        if self._removes and self.shrink_record is not None:
-            raise PrunekitError(
-                "this Pruner removes units physically at each pruning step (remove=True), which suits "
-                "schedules that prune once; with a schedule that prunes again, leave remove=False (units "
-                "are masked while training and removed by finalize())"
-            )
-        target = self.schedule.sparsity_at(step, self.request.sparsity) if self.request.sparsity is not None else None
-        result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
-        self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
-        if result.shrink_record is not None:
-            self.shrink_record = result.shrink_record if self.shrink_record is None else self.shrink_record + result.shrink_record
+        step = self._step
+        result = None
+        if self.schedule.prunes_at(step):
+            if self._removes and self.shrink_record is not None:
+                raise PrunekitError(
+                    "this Pruner removes units physically at each pruning step (remove=True), which suits "
+                    "schedules that prune once; with a schedule that prunes again, leave remove=False (units "
+                    "are masked while training and removed by finalize())"
+                )
+            sparsity = self.request.sparsity
+            target = self.schedule.sparsity_at(step, sparsity) if sparsity is not None else None
+            result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
+            self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
+            if result.shrink_record is not None:
+                record = result.shrink_record
+                self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
+        self._step = step + 1  # only once the step went through: a failed step can be retried
         return result
 
     def penalty(self) -> torch.Tensor:

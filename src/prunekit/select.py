@@ -46,8 +46,12 @@ def _keep_count(num_units: int, num_removed: int, rule: SelectionRule) -> int:
     return keep
 
 
-def _keep_highest(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Bool mask shaped like `scores` keeping the `keep` highest (ties: earlier entries stay)."""
+def keep_highest(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask shaped like `scores` keeping the `keep` highest (ties: earlier entries stay).
+
+    >>> keep_highest(torch.tensor([1.0, 3.0, 3.0]), 1).tolist()
+    [False, True, False]
+    """
     flat = scores.flatten().float()
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     mask[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
@@ -106,12 +110,12 @@ def select(scores: Scores, rule: SelectionRule) -> Masks:
     """
     if rule.threshold is not None:
         masks = {name: score >= rule.threshold for name, score in scores.items()}
-        floor = {name: _keep_highest(score, min(rule.min_keep, score.numel())) for name, score in scores.items()}
+        floor = {name: keep_highest(score, min(rule.min_keep, score.numel())) for name, score in scores.items()}
         return {name: masks[name] | floor[name] for name in masks} if rule.min_keep else masks
     if rule.scope not in _SCOPES:
         raise unknown_name("scope", rule.scope, _SCOPES)
     keep_counts = _SCOPES[rule.scope](scores, rule)
-    return {name: _keep_highest(score, keep_counts[name]) for name, score in scores.items()}
+    return {name: keep_highest(score, keep_counts[name]) for name, score in scores.items()}
 
 
 def select_by_ratio(scores: Scores, sparsity: float, scope: str = "layer") -> Masks:
