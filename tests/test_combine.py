@@ -89,3 +89,15 @@ def test_layer_scope_takes_the_share_of_each_stack_and_global_of_all():
     pooled = removed("global")  # round(0.5 * 7) = 4 of all seven, each stack keeping one
     assert len(pooled) == 4 and all(sum(n.startswith(s) for n in pooled) < size
                                     for s, size in (("layer1", 3), ("layer2", 2), ("layer3", 2)))
+
+
+def test_channels_before_a_non_affine_batchnorm_are_not_offered():
+    """Masking a channel that feeds BatchNorm(affine=False) leaves -mean/std, not zero: no masked
+    equivalent, so those channels are skipped rather than removed wrongly."""
+    from prunekit.graph import find_unit_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, affine=False), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    groups = find_unit_groups(model, torch.randn(2, 1, 8, 8), "channel")
+    assert [group.name for group in groups] == ["3"]

@@ -77,3 +77,13 @@ def test_bad_hybrid_requests_fail_before_either_stage_touches_the_model(kwargs, 
         prune_hybrid(model, example_inputs=torch.zeros(2, 10), **options)
     assert repr(model) == repr(before) and not get_masks(model)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.state_dict().values()))
+
+
+def test_hybrid_relative_sparsity_counts_removed_and_zeroed_magnitude():
+    model = mlp(WIDTHS)
+    linears = [model[i].weight.detach().abs().sum() for i in (0, 2, 4)]
+    dense = float(sum(linears))
+    result = prune_hybrid(model, "l1", 0.5, "magnitude", 0.5, torch.zeros(2, 10), scope="layer")
+    left = sum(float(model[i].weight.detach().abs().sum()) for i in (0, 2, 4))
+    assert result.relative_sparsity == pytest.approx(1 - left / dense)
+    assert 0 < result.relative_sparsity < result.sparsity_achieved  # the smallest weights and units went first

@@ -65,27 +65,63 @@ def test_masks_hold_in_a_hand_written_loop_with_an_optimizer_built_first(make_op
         assert torch.equal(masks[f"{index}.weight"], one_step[index].weight_mask.bool())
 
 
-def test_state_dict_resume_is_bit_identical_to_an_uninterrupted_run():
+@pytest.mark.parametrize("saved_at", [1, 4], ids=["saved-before-pruning", "saved-after-pruning"])
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    lambda params: torch.optim.Adam(params, lr=1e-2),
+], ids=["sgd-momentum", "adam"])
+def test_state_dict_resume_is_bit_identical_to_an_uninterrupted_run(saved_at, make_optimizer):
     def fresh():
         model = mlp()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        optimizer = make_optimizer(model.parameters())
         return model, optimizer, Pruner(model, "magnitude", 0.7, scope="global", schedule=OneShot(at_step=2))
 
     straight, straight_optimizer, straight_pruner = fresh()
     _loop(straight, straight_pruner, straight_optimizer, steps=6)
 
     first, first_optimizer, first_pruner = fresh()
-    _loop(first, first_pruner, first_optimizer, steps=4)
+    _loop(first, first_pruner, first_optimizer, steps=saved_at)
     saved = copy.deepcopy({"model": first.state_dict(), "optimizer": first_optimizer.state_dict(),
                            "pruner": first_pruner.state_dict()})
     resumed, resumed_optimizer, resumed_pruner = fresh()
     resumed_pruner.load_state_dict(saved["pruner"])  # masks first, so the model's state_dict keys match
+    saved_masks, loaded_masks = get_masks(first), get_masks(resumed)  # before the model state could overwrite them
+    assert loaded_masks.keys() == saved_masks.keys() and all(torch.equal(loaded_masks[k], saved_masks[k])
+                                                               for k in saved_masks)
     resumed.load_state_dict(saved["model"])
     resumed_optimizer.load_state_dict(saved["optimizer"])
     assert resumed_pruner.sparsity == first_pruner.sparsity
-    _loop(resumed, resumed_pruner, resumed_optimizer, steps=2)
+    _loop(resumed, resumed_pruner, resumed_optimizer, steps=6 - saved_at)
     assert same_state(resumed, straight)
     assert resumed_pruner.state_dict()["step"] == straight_pruner.state_dict()["step"] == 6
+
+
+def test_a_pruner_inside_train_prunes_where_a_hand_written_loop_does():
+    """PrunerCallback drives a Pruner (pruning at step 3) from prunekit's train exactly as the loop
+    a user writes: the same masks and weights."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunekit.callbacks import PrunerCallback
+    from prunekit.training import train
+
+    loader = DataLoader(TensorDataset(X, Y), batch_size=4)
+    by_train = mlp()
+    pruner = Pruner(by_train, "magnitude", 0.6, schedule=OneShot(at_step=2))
+    train(by_train, loader, 2, lr=0.01, optimizer="sgd", progress=False, callbacks=[PrunerCallback(pruner)])
+    by_hand = mlp()
+    hand_pruner = Pruner(by_hand, "magnitude", 0.6, schedule=OneShot(at_step=2))
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.01, momentum=0.9)
+    by_hand.train()
+    for _ in range(2):
+        for inputs, targets in loader:
+            loss = nn.functional.cross_entropy(by_hand(inputs), targets) + hand_pruner.penalty()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            hand_pruner.step()
+    assert pruner.state_dict()["step"] == hand_pruner.state_dict()["step"] == 8
+    assert all(torch.equal(get_masks(by_train)[k], mask) for k, mask in get_masks(by_hand).items())
+    assert same_state(by_train, by_hand)
 
 
 def test_structured_masks_while_training_then_finalize_removes_them():
@@ -168,7 +204,7 @@ def test_a_second_pruner_on_masks_of_a_live_pruner_is_refused_until_released():
     first = Pruner(model, "magnitude", 0.5)
     first.step()
     masks = get_masks(model)
-    with pytest.raises(PrunekitError, match="masks managed by another Pruner"):
+    with pytest.raises(PrunekitError, match="mask managed by another live Pruner"):
         Pruner(model, "random", 0.7)
     assert all(torch.equal(get_masks(model)[name], mask) for name, mask in masks.items())
     first.release()
@@ -252,17 +288,65 @@ class _EveryStep(Schedule):
         return {"type": "EveryStep"}
 
 
-def test_removing_pruner_reports_sparsity_of_the_original_units_and_refuses_a_second_removal():
+def test_removing_pruner_reports_sparsity_of_the_original_units():
     model, inputs = small_cnn(), torch.randn(4, 1, 8, 8)
-    pruner = Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=True,
-                    schedule=_EveryStep())
+    pruner = Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=True)
     result = pruner.step()
     assert result.shrink_record.steps and model[0].out_channels == 4
     assert pruner.sparsity.achieved == result.sparsity_achieved == pytest.approx(7 / 14)
-    state = copy.deepcopy(model.state_dict())
-    with pytest.raises(PrunekitError, match="suits schedules that prune once"):
-        pruner.step()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert pruner.state_dict()["shrink_record"] == result.shrink_record.to_dict()
+
+
+def test_removal_at_once_is_refused_with_a_repeating_schedule_and_inside_train():
+    from prunekit.callbacks import PrunerCallback
+
+    model, inputs = small_cnn(), torch.randn(4, 1, 8, 8)
+    with pytest.raises(PrunekitError, match="suits a schedule that prunes once"):
+        Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=True, schedule=_EveryStep())
+    pruner = Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=True)
+    with pytest.raises(PrunekitError, match="optimiser holding the old parameters"):
+        PrunerCallback(pruner)
+    pruner.step()  # once it has pruned (before training), driving it from train is harmless
+    assert PrunerCallback(pruner).pruner is pruner
+
+
+def test_two_pruners_made_before_either_steps_cannot_share_masks():
+    model = mlp()
+    first, second = Pruner(model, "magnitude", 0.5), Pruner(model, "random", 0.7)
+    first.step()
+    masks = get_masks(model)
+    with pytest.raises(PrunekitError, match="mask managed by another live Pruner"):
+        second.step()
+    assert all(torch.equal(get_masks(model)[k], v) for k, v in masks.items())
+    assert second.state_dict()["step"] == 0
+
+
+def test_resuming_from_a_finalized_state_is_refused():
+    pruner = Pruner(mlp(), "magnitude", 0.5)
+    pruner.step()
+    pruner.finalize()
+    with pytest.raises(PrunekitError, match="was finalized: there is nothing left to resume"):
+        Pruner(mlp(), "magnitude", 0.5).load_state_dict(pruner.state_dict())
+
+
+def test_module_level_finalize_removes_masked_units_or_refuses_without_example_inputs():
+    from prunekit import finalize
+
+    inputs = torch.randn(4, 1, 8, 8)
+    model = small_cnn().eval()
+    prune(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2], remove=False)
+    with torch.no_grad():
+        masked = model(inputs)
+    with pytest.raises(PrunekitError, match="pass example_inputs"):
+        finalize(model, "channel")
+    assert get_masks(model)
+    assert finalize(model, "channel", inputs[:2]) is model and not get_masks(model) and model[0].out_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), masked, atol=1e-5, rtol=1e-5)
+    live = Pruner(mlp(), "magnitude", 0.5)
+    live.step()
+    with pytest.raises(PrunekitError, match="managed by another live Pruner"):
+        finalize(live.model)
 
 
 def test_a_failed_step_changes_nothing_and_can_be_retried():
@@ -274,3 +358,32 @@ def test_a_failed_step_changes_nothing_and_can_be_retried():
     assert pruner.state_dict()["step"] == 0 and not get_masks(model)
     data.extend(batches)  # the same loader object, now with data
     assert pruner.step() is not None and pruner.state_dict()["step"] == 1
+
+
+def test_finalize_checkpoints_and_training_leave_modes_and_rng_as_found(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunekit import ArchSpec, load_checkpoint, save_checkpoint
+    from prunekit.training import train
+
+    model, inputs, targets = small_cnn(), torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=4, shuffle=True)  # draws from the global RNG
+    model.train()
+    model[1].eval()  # a BatchNorm the user froze
+    modes, rng = _modes(model), torch.get_rng_state()
+    pruner = Pruner(model, "l1", 0.5, granularity="channel", example_inputs=inputs[:2])
+    pruner.step()
+    train(model, loader, 1, progress=False)
+    pruner.finalize()
+    arch = ArchSpec("torch.nn:Sequential", (1, 8, 8))  # any importable Module class; checked by shapes only
+    with pytest.raises(PrunekitError):
+        save_checkpoint(tmp_path / "m.pt", model, arch, record=pruner.shrink_record)
+    assert _modes(model) == modes and torch.equal(torch.get_rng_state(), rng)
+    zoo = ArchSpec("lenet300", (1, 8, 8), 10)
+    lenet = zoo.build().train()
+    lenet.fc1.eval()
+    modes = _modes(lenet)
+    path = save_checkpoint(tmp_path / "lenet.pt", lenet, zoo)
+    loaded, _ = load_checkpoint(path)
+    assert _modes(lenet) == modes and torch.equal(torch.get_rng_state(), rng)
+    assert same_state(loaded, lenet)

@@ -12,16 +12,12 @@ from prunekit.errors import PrunekitError
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.masking import apply_masks, bake, get_masks
 from prunekit.metrics import count_macs, count_params, measure_latency, summary
-from prunekit.pruner import Pruner, prune, remove_masked_units
+from prunekit.pruner import Pruner, finalize, prune, remove_masked_units
 from prunekit.request import PruneOptions
 from prunekit.schedules import OneShot, Schedule
 from prunekit.select import SelectionRule, select, select_by_ratio, select_by_threshold
 from prunekit.stats import collect, collect_gradient_stats
 from prunekit.types import PruneResult, SparsityReport
-
-#: ``finalize`` is the same operation as :func:`bake`: make masks permanent, return a plain module.
-#: (``Pruner.finalize`` also removes the structured units its masks removed.)
-finalize = bake
 
 __version__ = "0.1.0"
 

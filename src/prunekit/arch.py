@@ -33,6 +33,7 @@ from torch.nn.utils import parametrize
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph import ShrinkRecord, replay
 from prunekit.graph.record import round_family
+from prunekit.state import preserved_rng
 
 _ARCH_KEYS = ("model", "input_shape", "num_classes", "kwargs", "input_dtype")
 _TRUST_RULE = (
@@ -241,11 +242,12 @@ class ArchSpec:
     def build(self, *, trust_factory: bool = False) -> nn.Module:
         """A fresh, unpruned instance; a factory function is called only with `trust_factory`."""
         kwargs = _json_copy(self.kwargs, "kwargs")  # a constructor that edits its arguments edits a copy
-        if ":" in self.model:
-            return _construct(self.model, kwargs, trust_factory)
-        from prunekit.zoo import build_model
+        with preserved_rng():  # initial weights are drawn and then overwritten: the caller's RNG stays
+            if ":" in self.model:
+                return _construct(self.model, kwargs, trust_factory)
+            from prunekit.zoo import build_model
 
-        return build_model(self.model, self.input_shape, self.num_classes, **kwargs)
+            return build_model(self.model, self.input_shape, self.num_classes, **kwargs)
 
     def example_inputs(self) -> torch.Tensor:
         """A zero batch of two inputs of `input_dtype`, enough to trace the architecture."""

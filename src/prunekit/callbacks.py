@@ -89,6 +89,12 @@ class PrunerCallback(TrainCallback):
     def __init__(self, pruner: Pruner) -> None:
         if not isinstance(pruner, Pruner):
             raise PrunekitError(f"PrunerCallback needs a prunekit.Pruner, got {type(pruner).__name__}")
+        if pruner.removes and not pruner.done:
+            raise PrunekitError(
+                "this Pruner removes units physically when it prunes (remove=True), which would leave the "
+                "training loop's optimiser holding the old parameters; use remove=False inside a training "
+                "loop (finalize() removes the units afterwards), or prune before training"
+            )
         self.pruner = pruner
 
     def on_loss(self, loss: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -31,11 +31,14 @@ def default_structured_granularity(model: nn.Module) -> str:
     return "channel" if has_conv else "neuron"
 
 
-def _nonzero_weights(model: nn.Module, exclude: Iterable[ExcludeItem]) -> tuple[int, int]:
+def _targeted_weights(model: nn.Module, exclude: Iterable[ExcludeItem]) -> tuple[int, int, float]:
+    """(count, nonzero count, summed |w|) over the weights unstructured pruning targets."""
     effective = dict(named_effective_parameters(model))
     targets = resolve_targets(model, exclude)
-    return (sum(effective[name].numel() for name in targets),
-            sum(int(torch.count_nonzero(effective[name])) for name in targets))
+    with torch.no_grad():
+        return (sum(effective[name].numel() for name in targets),
+                sum(int(torch.count_nonzero(effective[name])) for name in targets),
+                sum(float(effective[name].abs().sum()) for name in targets))
 
 
 def prune_hybrid(
@@ -56,7 +59,8 @@ def prune_hybrid(
     to `weight_sparsity`, each with its own criterion; one combined result.
 
     ``result.sparsity_achieved`` is the share of the dense model's targeted weights that are gone
-    (removed with their unit, or zeroed).
+    (removed with their unit, or zeroed); ``relative_sparsity`` the share of their magnitude. The
+    combined result is the weight stage's, with the counts taken over the dense model.
 
     >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     >>> result = prune_hybrid(model, "l1", 0.5, "magnitude", 0.5, torch.ones(1, 8))
@@ -74,14 +78,16 @@ def prune_hybrid(
     # both stages are checked before the first one touches the model
     validate_request(PruneRequest(unit_method, granularity, scope, unit_sparsity, None, options), data, example_inputs)
     validate_request(PruneRequest(weight_method, "unstructured", scope, weight_sparsity, None, options), data, None)
-    targeted_dense, nonzero_dense = _nonzero_weights(model, exclude)
+    targeted_dense, nonzero_dense, magnitude_dense = _targeted_weights(model, exclude)
     structured = prune(model, method=unit_method, sparsity=unit_sparsity, granularity=granularity, scope=scope,
                        data=data, loss_fn=loss_fn, example_inputs=example_inputs, exclude=exclude, seed=seed)
     weights = prune(model, method=weight_method, sparsity=weight_sparsity, scope=scope, data=data,
                     loss_fn=loss_fn, exclude=exclude, seed=seed)
+    magnitude_left = _targeted_weights(model, exclude)[2]  # removed and zeroed weights both count as pruned
     return replace(
         weights, method=f"{unit_method}+{weight_method}", granularity="hybrid",
         units_targeted=targeted_dense, units_before=nonzero_dense,
+        relative_sparsity=1.0 - magnitude_left / magnitude_dense if magnitude_dense else 0.0,
         seconds=structured.seconds + weights.seconds,
         layer_sparsity={**{f"{name} ({granularity})": value for name, value in structured.layer_sparsity.items()},
                         **weights.layer_sparsity},

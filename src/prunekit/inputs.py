@@ -85,3 +85,18 @@ def batch_size(example_inputs: Any) -> int:
         "whose first tensor is) with a non-empty first dimension, e.g. torch.randn(1, 3, 32, 32); "
         "or pass batch_size= explicitly"
     )
+
+
+def to_device(value: object, device: torch.device) -> object:
+    """`value` with every tensor inside (nested tuples, lists, dicts) moved to `device`.
+
+    >>> to_device({"ids": torch.ones(1)}, torch.device("cpu"))["ids"].device.type
+    'cpu'
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (tuple, list)) and not isinstance(value, PackedSequence):
+        return type(value)(to_device(item, device) for item in value)
+    return value

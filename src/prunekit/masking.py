@@ -125,7 +125,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str 
     """Attach keep-masks to `model` in place; a second mask on a parameter is ANDed in.
 
     All masks are validated before the model is touched. With an `owner`, every mask touched
-    becomes that owner's (see :class:`KeepMask`). The parameter object itself moves into the
+    becomes that owner's (see :class:`KeepMask`); a mask another owner manages is refused. The
+    parameter object itself moves into the
     parametrization (``<module>.parametrizations.<name>.original``), so an optimiser built before
     keeps updating it.
 
@@ -135,6 +136,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str 
     2
     """
     validate_masks(model, masks)
+    if owner is not None:
+        refuse_foreign_masks(model, owner, masks)
     for fqn, keep_mask in masks.items():
         module_name, param_name = split_name(fqn)
         module = model.get_submodule(module_name)
@@ -180,6 +183,23 @@ def mask_owners(model: nn.Module) -> dict[str, str | None]:
     {'weight': 'p1'}
     """
     return {name: keep.owner for name, keep in _keep_masks(model)}
+
+
+def refuse_foreign_masks(model: nn.Module, owner: str | None, names: Iterable[str] | None = None) -> None:
+    """Raise PrunekitError if a mask on `model` (of `names`, or any) is managed by a Pruner other
+    than `owner` (None: by any Pruner).
+
+    >>> model = apply_masks(nn.Linear(2, 2), {"weight": torch.ones(2, 2, dtype=torch.bool)}, "p1")
+    >>> refuse_foreign_masks(model, "p1")
+    """
+    wanted = None if names is None else set(names)
+    foreign = [name for name, who in mask_owners(model).items()
+               if who is not None and who != owner and (wanted is None or name in wanted)]
+    if foreign:
+        raise PrunekitError(
+            f"'{foreign[0]}' carries a mask managed by another live Pruner; call finalize() or release() "
+            "on that Pruner first (or prunekit.masking.release_masks(model)). The model was not changed"
+        )
 
 
 def release_masks(model: nn.Module, owner: str | None = None) -> None:
@@ -323,7 +343,8 @@ def _carried_masks(carrier: nn.Module) -> Masks:
     return masks
 
 
-def remove_carrying_masks(model: nn.Module, remove: Callable[[nn.Module, bool], object]) -> object:
+def remove_carrying_masks(model: nn.Module, remove: Callable[[nn.Module, bool], object],
+                          owner: str | None = None) -> object:
     """Run a physical removal ``remove(model, check)`` on a model that may carry masks; returns
     what `remove` returns.
 
@@ -331,8 +352,10 @@ def remove_carrying_masks(model: nn.Module, remove: Callable[[nn.Module, bool], 
     exactly like the weights they mask (a removed unit takes its part of each mask with it; the
     rest stays), so unstructured and structured pruning combine in any order. The removal is
     rehearsed on a copy that carries the masks as values first, and a failed removal puts the
-    masks back, so on error the model is as it was. Re-attached masks belong to nobody.
+    masks back, so on error the model is as it was. Masks a live Pruner other than `owner`
+    manages are refused; re-attached masks belong to nobody.
     """
+    refuse_foreign_masks(model, owner)
     owners = mask_owners(model)
     if not owners:
         return remove(model, True)

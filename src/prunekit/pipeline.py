@@ -22,7 +22,8 @@ from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity
 from prunekit.masking import apply_masks, get_masks, remove_carrying_masks
-from prunekit.request import PruneRequest, count_parameters, require_example_inputs
+from prunekit.metrics import count_params
+from prunekit.request import PruneRequest, require_example_inputs
 from prunekit.select import SelectionRule, keep_highest, select
 from prunekit.state import preserved_state
 from prunekit.types import PruneResult
@@ -97,13 +98,13 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
     with preserved_state(model):
         model.eval()  # statistics, tracing and shape checks must not move BatchNorm statistics
         before = _Before(granularity.present(model, groups), granularity.unit_magnitude(model, groups),
-                         count_parameters(model) if granularity.removable else None, time.perf_counter())
+                         count_params(model)[0] if granularity.removable else None, time.perf_counter())
         scores = score_units(model, step, groups)
         keep = choose_units(step, groups, scores, granularity.kept(model, groups), sparsity)
         masks = None if remove else granularity.to_masks(model, groups, keep)
     record = None
     if masks is None:
-        record = remove_units(model, granularity, groups, keep, step.example_inputs)
+        record = remove_units(model, granularity, groups, keep, step.example_inputs, owner)
     else:
         with preserved_state(model):
             apply_masks(model, masks, owner)
@@ -112,12 +113,13 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
 
 
 def remove_units(model: nn.Module, granularity: Granularity, groups: Sequence[UnitGroup],
-                 keep: Mapping[str, torch.Tensor], example_inputs: object) -> ShrinkRecord:
-    """Remove the units with ``keep == False`` physically, carrying the masks on the model along."""
+                 keep: Mapping[str, torch.Tensor], example_inputs: object, owner: str | None = None) -> ShrinkRecord:
+    """Remove the units with ``keep == False`` physically, carrying the masks on the model along
+    (masks of a live Pruner other than `owner` are refused)."""
     require_example_inputs(granularity, example_inputs, f"removing {granularity.unit} units")
     with preserved_state(model):  # removal traces the model: no mode or RNG change may leak
         return remove_carrying_masks(
-            model, lambda target, check: granularity.remove(target, groups, keep, example_inputs, check))
+            model, lambda target, check: granularity.remove(target, groups, keep, example_inputs, check), owner)
 
 
 def build_result(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], before: _Before,
@@ -144,6 +146,6 @@ def build_result(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], befo
         units_after=sum(int(present[g.name].sum()) for g in groups),
         relative_sparsity=gone_magnitude / total_magnitude if total_magnitude else 0.0,
         seconds=time.perf_counter() - before.started, layer_sparsity=layer_sparsity, masks=get_masks(model),
-        params_before=before.params, params_after=count_parameters(model) if before.params is not None else None,
+        params_before=before.params, params_after=count_params(model)[0] if before.params is not None else None,
         shrink_record=record,
     )

@@ -23,12 +23,13 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
-from prunekit.granularity import get_granularity
-from prunekit.masking import bake, mask_owners, release_masks
+from prunekit.granularity import Granularity, get_granularity
+from prunekit.masking import bake, refuse_foreign_masks, release_masks
 from prunekit.pipeline import Pass, prune_pass, remove_units
 from prunekit.pruner_state import check_state, load_masks, own_masks
 from prunekit.request import PruneOptions, PruneRequest, model_signature, require_example_inputs, validate_request
 from prunekit.schedules import OneShot, Schedule
+from prunekit.select import keep_highest
 from prunekit.state import preserved_state
 from prunekit.stats import LossFn
 from prunekit.targets import ExcludeItem
@@ -38,11 +39,13 @@ from prunekit.types import PruneResult, SparsityReport
 class Pruner:
     """Prunes `model` by `method` towards `sparsity` (or below `threshold`) as `schedule` says.
 
-    Arguments mirror :func:`prune`; `scope` is ``"layer"`` (each layer, or each stack of
+    Arguments mirror :func:`prune` (but ``remove`` defaults to False: units are masked while
+    training and removed by ``finalize()``); `scope` is ``"layer"`` (each layer, or each stack of
     blocks, loses the share) or ``"global"`` (all units compete), by default ``"layer"`` except
     for granularity ``"layer"`` (``"global"``). `schedule` (default ``OneShot()``: prune at the first
     ``step()``) decides when. Less common settings are keyword `options` (``loss_fn``,
-    ``exclude``, ``seed``, ``round_to``, ``num_batches``, ``remove``; see ``PruneOptions``).
+    ``exclude``, ``seed``, ``round_to``, ``num_batches``, ``remove``; see ``PruneOptions``), or
+    one ``options=PruneOptions(...)``.
     Structured granularities mask units while training, so the optimiser's parameters stay
     valid; ``finalize()`` removes them physically. Everything is validated here, before the model
     is touched.
@@ -61,17 +64,18 @@ class Pruner:
                  **options) -> None:
         if scope is None:
             scope = get_granularity(granularity).default_scope
-        self.request = PruneRequest(method, granularity, scope, sparsity, threshold, PruneOptions.from_kwargs(options))
+        self.request = PruneRequest(method, granularity, scope, sparsity, threshold, _options(options))
         granularity_, criterion = validate_request(self.request, data, example_inputs)
         self.schedule = OneShot() if schedule is None else schedule
         if not isinstance(self.schedule, Schedule):
             raise PrunekitError(f"schedule must be a prunekit.schedules.Schedule (e.g. OneShot()), got {schedule!r}")
-        foreign = sorted({owner for owner in mask_owners(model).values() if owner is not None})
-        if foreign:
+        if self.request.options.remove and granularity_.removable and not isinstance(self.schedule, OneShot):
             raise PrunekitError(
-                "the model carries masks managed by another Pruner; call finalize() or release() on that "
-                "Pruner first (or prunekit.masking.release_masks(model)), then create this one"
+                "remove=True removes units physically when the Pruner prunes, which suits a schedule that "
+                "prunes once (OneShot); with this schedule leave remove=False: units are masked while "
+                "training and finalize() removes them"
             )
+        refuse_foreign_masks(model, None)
         self.model = model
         self._pass = Pass(self.request, granularity_, criterion, data, example_inputs)
         self._token = uuid.uuid4().hex
@@ -94,12 +98,6 @@ class Pruner:
         step = self._step
         result = None
         if self.schedule.prunes_at(step):
-            if self._removes and self.shrink_record is not None:
-                raise PrunekitError(
-                    "this Pruner removes units physically at each pruning step (remove=True), which suits "
-                    "schedules that prune once; with a schedule that prunes again, leave remove=False (units "
-                    "are masked while training and removed by finalize())"
-                )
             sparsity = self.request.sparsity
             target = self.schedule.sparsity_at(step, sparsity) if sparsity is not None else None
             result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
@@ -118,7 +116,7 @@ class Pruner:
     @property
     def sparsity(self) -> SparsityReport:
         """The target the schedule has reached so far and the share of targeted units now gone."""
-        if self._state == "live" and self._step and not self._removes:
+        if self._state == "live" and self._step and not self.removes:
             groups = self._find_groups()
             present = self._pass.granularity.present(self.model, groups)
             total = sum(group.num_units for group in groups)
@@ -126,7 +124,8 @@ class Pruner:
         return SparsityReport(self._target, self._achieved)
 
     @property
-    def _removes(self) -> bool:
+    def removes(self) -> bool:
+        """True when pruning removes units physically at once (``remove=True``, structured)."""
         return self.request.options.remove and self._pass.granularity.removable
 
     @property
@@ -148,7 +147,7 @@ class Pruner:
         granularity = self._pass.granularity
         inputs = self._pass.example_inputs if example_inputs is None else example_inputs
         if granularity.removable and own_masks(self.model, self._token):
-            record = remove_masked_units(self.model, granularity.name, inputs, self.request.options.exclude)
+            record = _remove_masked_units(self.model, granularity, inputs, self.request.options.exclude, self._token)
             self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
         bake(self.model)
         self._state = "finalized"
@@ -170,6 +169,7 @@ class Pruner:
             "schedule": self.schedule.to_dict(), "step": self._step, "target": self._target,
             "achieved": self._achieved, "state": self._state,
             "model": model_signature(self.model), "masks": own_masks(self.model, self._token),
+            "shrink_record": self.shrink_record.to_dict() if self.shrink_record is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -179,7 +179,8 @@ class Pruner:
         check_state(state, self.request.describe(), self.schedule.to_dict(), model_signature(self.model))
         load_masks(self.model, state["masks"], self._token)
         self._step, self._target, self._achieved = int(state["step"]), state["target"], float(state["achieved"])
-        self._state = state["state"]
+        record = state["shrink_record"]
+        self.shrink_record = ShrinkRecord.from_dict(record) if record is not None else None
 
     # ------------------------------------------------------------------ internals
 
@@ -202,10 +203,24 @@ class Pruner:
         return self._groups
 
 
+def _options(options: dict) -> PruneOptions:
+    """``PruneOptions`` from keyword arguments, or the one passed as ``options=``."""
+    given = options.get("options")
+    if given is None:
+        return PruneOptions.from_kwargs(options)
+    if not isinstance(given, PruneOptions) or len(options) > 1:
+        raise PrunekitError(
+            "pass either options=PruneOptions(...) alone or the options as keywords (exclude=..., seed=...), "
+            f"not {sorted(options)}"
+        )
+    return PruneOptions.from_kwargs({field: getattr(given, field) for field in given.__dataclass_fields__})
+
+
 def remove_masked_units(model: nn.Module, granularity: str, example_inputs: object = None,
                         exclude: Iterable[ExcludeItem] = ()) -> ShrinkRecord:
     """Physically remove the `granularity` units that masks have removed (after
-    ``prune(..., remove=False)`` or a Pruner's masking); other masks are carried along.
+    ``prune(..., remove=False)``); other masks are carried along. Every group keeps at least one
+    unit. Masks a live Pruner manages are refused: that Pruner's ``finalize()`` removes them.
 
     >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     >>> x = torch.ones(2, 4)
@@ -214,15 +229,40 @@ def remove_masked_units(model: nn.Module, granularity: str, example_inputs: obje
     >>> model[0].out_features, [step["removed"] for step in record.steps] != []
     (3, True)
     """
-    unit_granularity = get_granularity(granularity)
-    if not unit_granularity.removable:
-        raise PrunekitError(f"granularity '{granularity}' has no units to remove physically; bake the masks instead")
-    require_example_inputs(unit_granularity, example_inputs, f"removing {granularity} units")
+    return _remove_masked_units(model, get_granularity(granularity), example_inputs, tuple(exclude), None)
+
+
+def _remove_masked_units(model: nn.Module, granularity: Granularity, example_inputs: object, exclude: tuple,
+                         owner: str | None) -> ShrinkRecord:
+    if not granularity.removable:
+        raise PrunekitError(f"granularity '{granularity.name}' has no units to remove physically; bake the masks instead")
+    require_example_inputs(granularity, example_inputs, f"removing {granularity.unit} units")
+    refuse_foreign_masks(model, owner)
     with preserved_state(model):
         model.eval()
-        groups = unit_granularity.find(model, example_inputs, tuple(exclude))
-        keep = unit_granularity.kept(model, groups)
-    return remove_units(model, unit_granularity, groups, keep, example_inputs)
+        groups = granularity.find(model, example_inputs, exclude)
+        keep = granularity.kept(model, groups)
+    for group in groups:  # masks may have emptied a group: it keeps its floor (still masked)
+        floor = min(granularity.min_keep, group.num_units)
+        if int(keep[group.name].sum()) < floor:
+            keep[group.name] = keep[group.name] | keep_highest(torch.zeros(group.num_units), floor)
+    return remove_units(model, granularity, groups, keep, example_inputs, owner)
+
+
+def finalize(model: nn.Module, granularity: str | None = None, example_inputs: object = None,
+             exclude: Iterable[ExcludeItem] = ()) -> nn.Module:
+    """Make a pruned model plain: with a structured `granularity`, first remove the units its masks
+    removed (:func:`remove_masked_units`), then bake every mask in. Returns the model.
+
+    >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    >>> _ = prune(model, "l1", 0.5, granularity="neuron", example_inputs=torch.ones(2, 4), remove=False)
+    >>> finalize(model, "neuron", torch.ones(2, 4))[0].out_features
+    3
+    """
+    if granularity is not None:
+        remove_masked_units(model, granularity, example_inputs, exclude)
+    refuse_foreign_masks(model, None)
+    return bake(model)
 
 
 def prune(

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.masking import apply_masks, get_masks, mask_owners, strip_masks
+from prunekit.masking import apply_masks, get_masks, mask_owners, refuse_foreign_masks, strip_masks
 
 FORMAT, VERSION = "prunekit-pruner", 1
-_KEYS = {"format", "version", "request", "schedule", "step", "target", "achieved", "state", "model", "masks"}
+_KEYS = {"format", "version", "request", "schedule", "step", "target", "achieved", "state", "model", "masks",
+         "shrink_record"}
 
 
 def own_masks(model: nn.Module, owner: str) -> dict[str, torch.Tensor]:
@@ -51,8 +52,11 @@ def check_state(state: object, request: Mapping, schedule: Mapping, signature: M
             f"the state comes from a different model: parameter '{name}' has shape {state['model'].get(name)} "
             f"there and {signature.get(name)} here; load it into a Pruner on the model it was saved from"
         )
-    if state["state"] not in ("live", "finalized", "released"):
-        raise PrunekitError(f"Pruner state has an unknown state {state['state']!r}")
+    if state["state"] != "live":
+        raise PrunekitError(
+            f"the state comes from a Pruner that was {state['state']}: there is nothing left to resume; "
+            "save the state before finalize() / release()"
+        )
     for name, mask in state["masks"].items():
         shape = signature.get(name)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or shape is None or list(mask.shape) != shape:
@@ -62,6 +66,7 @@ def check_state(state: object, request: Mapping, schedule: Mapping, signature: M
 def load_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str) -> None:
     """Make `owner`'s masks on `model` exactly `masks`: its current ones come off (stored values
     stay), the given ones go on (ANDed with masks nobody owns)."""
+    refuse_foreign_masks(model, owner, masks)
     owners = mask_owners(model)
     taken = [name for name, who in owners.items() if who == owner]
     strip_masks(model, taken)

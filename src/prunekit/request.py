@@ -161,10 +161,5 @@ def model_signature(model: nn.Module) -> dict[str, list[int]]:
     return {name: list(tensor.shape) for name, tensor in named_effective_parameters(model)}
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries as the forward pass sees them."""
-    return sum(math.prod(shape) for shape in model_signature(model).values())
-
-
-__all__ = ["PruneOptions", "PruneRequest", "count_parameters", "model_signature", "require_example_inputs",
+__all__ = ["PruneOptions", "PruneRequest", "model_signature", "require_example_inputs",
            "validate_request"]

@@ -223,8 +223,9 @@ def train(
     Each :class:`TrainCallback` in `callbacks` may change each batch's loss (``on_loss``, applied
     in order) and hears each step (``on_step``); all are checked before any training happens.
     Each entry holds ``epoch``, ``loss`` (mean training loss of `loss_fn`, before any callback's
-    ``on_loss``), ``seconds`` and, with a `val_loader`, ``val_accuracy``. The model is left in
-    train mode.
+    ``on_loss``), ``seconds`` and, with a `val_loader`, ``val_accuracy``. The whole model trains in
+    train mode; afterwards every module is back in the mode it had (a model passed in eval mode
+    comes back in eval mode).
 
     >>> from prunekit.data import load_dataset, make_loader
     >>> from prunekit.zoo import build_model
@@ -243,7 +244,7 @@ def train(
     loop = _Loop(optimizer_instance, scheduler, cross_entropy_loss if loss_fn is None else loss_fn, callbacks,
                  progress)
     history, steps_done = [], 0
-    with seeded_rng(seed, cuda_devices_of(model)):
+    with seeded_rng(seed, cuda_devices_of(model)), preserved_modes(model):
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             model.train()
@@ -252,7 +253,6 @@ def train(
             if val_loader is not None:
                 entry["val_accuracy"] = _accuracy(model, val_loader)  # draws inside the seeded RNG, as before
             history.append(entry)
-    model.train()
     return history
 
 

@@ -17,7 +17,7 @@ from prunekit.types import Evidence, Signal
 
 
 def _slices(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    return weight.detach().movedim(dim, 0).reshape(weight.shape[dim], -1)
+    return weight.detach().movedim(dim, 0).reshape(weight.shape[dim], -1).cpu()  # evidence lives on the CPU
 
 
 def weight_evidence(model: nn.Module, group: UnitGroup, signal: Signal | None = None) -> Evidence:
@@ -38,7 +38,7 @@ def weight_evidence(model: nn.Module, group: UnitGroup, signal: Signal | None = 
         weight = params[member.param]
         if handler is not None and handler.scales_units:
             if member.param.endswith("weight"):
-                scale = scatter_to_units(weight.detach().abs(), member.unit_index, group.num_units)
+                scale = scatter_to_units(weight.detach().abs().cpu(), member.unit_index, group.num_units)
                 norm_scale = scale if norm_scale is None else norm_scale + scale
         elif weight.dim() >= 2:
             target = incoming if member.dim == 0 else outgoing
@@ -83,7 +83,7 @@ def signals_from_channels(
         per_unit: dict[str, torch.Tensor] = {}
         for point, unit_index in placements[group.name]:
             for key, per_channel in observed[point.module_name].items():
-                per_unit[key] = per_unit.get(key, 0) + scatter_to_units(per_channel, unit_index, group.num_units)
+                per_unit[key] = per_unit.get(key, 0) + scatter_to_units(per_channel.cpu(), unit_index, group.num_units)
         signals[group.name] = Signal(per_unit.get("mean_abs"), per_unit.get("zero_fraction"),
                                      per_unit.get("grad_abs"), per_unit.get("taylor"))
     return signals

@@ -200,15 +200,6 @@ def _resolve_one(model: nn.Module, name: str) -> list[_Block]:
     return [blocks[name]]
 
 
-def check_layer_removal(model: nn.Module, names: Iterable[str]) -> None:
-    """Raise PrunekitError unless the named blocks can be removed together (see remove_layers).
-
-    >>> from prunekit.zoo import build_model
-    >>> check_layer_removal(build_model("resnet20", (3, 8, 8), 10), ["layer1.1", "layer3.2"])
-    """
-    _resolve(model, names)
-
-
 def _renumber(stack: nn.ModuleList, undo: list[Callable[[], None]]) -> None:
     for index, layer in enumerate(stack):
         for module in layer.modules():

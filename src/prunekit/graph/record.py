@@ -145,6 +145,6 @@ def refuse_masked(model: nn.Module, action: str) -> None:
             param = next(iter(module.parametrizations))
             raise PrunekitError(
                 f"'{f'{name}.' if name else ''}{param}' has a mask (parametrization) attached; "
-                f"{action} from plain models only. Call prunekit.masking.bake(model) first to "
-                "make the masks permanent, then remove"
+                f"{action} from plain models only. prunekit.prune(..., remove=True) and "
+                "prunekit.remove_masked_units carry the masks through the removal"
             )

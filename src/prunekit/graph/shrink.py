@@ -9,8 +9,9 @@ architecture. A pruned model is therefore saved as (architecture, record, state_
 Removal runs on torch-pruning (see ``remove.py``); RNN hidden units are removed by
 ``lstm.RnnUnitPruner``.
 
-Masks: ``shrink`` refuses a model with masks attached. Call ``prunekit.masking.bake`` first so the
-zeros inside kept units stay (removing the parametrizations silently would drop them).
+Masks: ``shrink`` works on plain weights and refuses a model with masks attached (removing the
+parametrizations silently would drop their zeros). ``prunekit.prune``, ``Pruner`` and
+``prunekit.remove_masked_units`` carry masks through the removal (``masking.remove_carrying_masks``).
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def _verify(model: nn.Module, example_inputs: object, groups: Groups, keep_units
         f"removing units of group(s) {', '.join(repr(n) for n in culprits or list(keep_units))} "
         f"would not match masking them ({problem}); the model combines these units in a way "
         "the dependency graph does not capture (e.g. a reshape across channels, a normalisation "
-        "or softmax over them, or an addition with the model input). Exclude those layers, or "
-        "pass check=False to remove them anyway. The model was not changed"
+        "or softmax over them, or an addition with the model input). Exclude those layers (calling "
+        "prunekit.graph.shrink directly, check=False removes them anyway). The model was not changed"
     )
 
 
@@ -76,7 +77,8 @@ def shrink(
     you scored to skip that search. With `check` the result is compared with the masked model on
     `example_inputs` before the caller's model is touched (``check=False`` skips that rehearsal,
     and with it the guarantee that a failure leaves the model unchanged). A model with masks
-    attached is refused: ``bake`` it first. Rebuild optimisers afterwards: the shrunk layers
+    attached is refused (``prunekit.prune`` and ``remove_masked_units`` carry masks through the
+    removal). Rebuild optimisers afterwards: the shrunk layers
     hold new parameter tensors.
 
     >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))

@@ -35,6 +35,9 @@ class BatchNormHandler(LayerHandler):
         return 1
 
     def slices(self, name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> list[SliceBatch]:
+        if not module.affine and module.track_running_stats:
+            # a masked channel would still come out as -mean / std: masking would not equal removal
+            raise UnsupportedCoupling(f"BatchNorm '{name}' has no affine scale to zero its channels")
         return _per_channel(name, module, idxs, roots)
 
 

@@ -57,8 +57,8 @@ def head_output_norms(
     A head's contribution at a token is its context vector times its output-projection columns
     (the projection bias is shared, so left out). `inputs` is what the model is called with (a
     tensor, a tuple of arguments, a dict of keyword arguments) or a list of those (batches).
-    Every token counts, padding included; the model runs in its current train/eval mode under
-    ``torch.no_grad``. Returns ``{group name: float tensor (num_heads,)}``.
+    Every token counts, padding included; the model runs in eval mode under ``torch.no_grad``
+    (modes and RNG restored). Returns ``{group name: float tensor (num_heads,)}``.
 
     >>> layer = nn.TransformerEncoderLayer(16, 4, batch_first=True).eval()
     >>> from prunekit.graph.heads import find_head_groups
@@ -66,12 +66,8 @@ def head_output_norms(
     >>> head_output_norms(layer, groups, torch.randn(2, 5, 16))["self_attn"].shape
     torch.Size([4])
     """
-    groups = list(groups)
     batches = inputs if isinstance(inputs, list) else [inputs]
-    with recording_head_norms(model, groups) as totals, torch.no_grad():
-        for batch in batches:
-            as_call(batch)(model)
-    return mean_head_norms(totals, groups)
+    return collect_head_norms(model, groups, [(batch, None) for batch in batches], num_batches=len(batches))
 
 
 def mean_head_norms(totals: Mapping, groups: Iterable[UnitGroup]) -> dict[str, torch.Tensor]:

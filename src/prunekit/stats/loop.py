@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunekit.errors import PrunekitError
+from prunekit.inputs import to_device
 from prunekit.state import preserved_state
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,7 +34,8 @@ def for_each_batch(
     model: nn.Module, data: Iterable, num_batches: int, step: Callable[[object, object], None]
 ) -> int:
     """Call ``step(inputs, targets)`` on up to `num_batches` batches of `data` with `model` in eval
-    mode (so BatchNorm running statistics do not move); return how many batches were seen.
+    mode (so BatchNorm running statistics do not move), the batch moved to the model's device;
+    return how many batches were seen.
 
     Every module's own mode and the global RNG state are restored afterwards, also on error. An
     empty `data` is an error, since every statistic would be a division by zero.
@@ -46,10 +48,12 @@ def for_each_batch(
     ([False, False, False], [True, True, False])
     """
     batches = 0
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
     with preserved_state(model):
         model.eval()
         for inputs, targets in itertools.islice(data, num_batches):
-            step(inputs, targets)
+            step(to_device(inputs, device), to_device(targets, device))
             batches += 1
     if batches == 0:
         raise PrunekitError("data yielded no batches; pass a loader of (inputs, targets) batches")
