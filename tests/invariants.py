@@ -44,6 +44,18 @@ def mlp(widths: tuple[int, ...] = (20, 16, 12, 4), seed: int | None = 0) -> nn.S
     return nn.Sequential(*layers[:-1])
 
 
+def small_cnn(seed: int = 0) -> nn.Sequential:
+    """Conv-BatchNorm-ReLU, conv-ReLU, average pool, Linear: 8 and 6 channels for 1x8x8 inputs and
+    3 classes, seeded with `seed`.
+
+    >>> small_cnn()(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 3])
+    """
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+
+
 def tiny_transformer(seed: int = 0, training: bool = False) -> nn.Module:
     """The zoo's transformer-tiny for 1x8x8 inputs and 10 classes (2 layers of 4 heads), in eval
     mode unless `training`."""
