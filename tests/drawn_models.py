@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prunekit import get_masks
+from prunekit.zoo import BasicBlock  # with equal channels: conv-bn-relu-conv-bn + identity, relu
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -19,24 +20,6 @@ UNIT_GRANULARITY = {"mlp": "neuron", "cnn": "channel", "residual": "channel"}
 
 
 # ---------------------------------------------------------------- drawn models
-
-
-class ResidualBlock(nn.Module):
-    """conv-bn-relu-conv-bn plus the identity, then relu (``shortcut`` marks it removable)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = nn.Identity()
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(branch + self.shortcut(x))
 
 
 @dataclass(frozen=True)
@@ -92,7 +75,7 @@ class Spec:
         (channels,) = self.widths
         return nn.Sequential(
             nn.Conv2d(self.in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Sequential(*[ResidualBlock(channels) for _ in range(self.blocks)]),
+            nn.Sequential(*[BasicBlock(channels, channels) for _ in range(self.blocks)]),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, CLASSES),
         )
 

@@ -22,12 +22,11 @@ from prunekit.data import load_dataset, make_loader
 from prunekit.errors import PrunekitError
 from prunekit.granularity import get_granularity
 from prunekit.io import atomic_write_text
-from prunekit.masking import bake, copy_model
 from prunekit.metrics import count_macs, count_params, measure_latency
 from prunekit.hybrid import prune_hybrid
 from prunekit.methods import MethodSpec, parse_method_spec
 from prunekit.callbacks import PrunerCallback
-from prunekit.pruner import Pruner
+from prunekit.pruner import Pruner, finalize
 from prunekit.types import PruneResult
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 
@@ -68,11 +67,6 @@ class _Baseline:
     params: int
     macs: int
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _deployed(model: nn.Module) -> nn.Module:
-    """The model as it would ship: masks baked into plain weights (the caller's copy is untouched)."""
-    return bake(copy_model(model))
 
 
 def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -139,8 +133,8 @@ def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int
     lr = _fine_tune(model, config, seed, train_loader, pruners)
     for pruner in pruners:
         pruner.finalize()
-    deployed = _deployed(model)
-    latency_dense, latency = paired_latency(baseline.model, deployed, latency_batch)
+    finalize(model)  # as it would ship: the masks a hybrid run leaves are baked in too
+    latency_dense, latency = paired_latency(baseline.model, model, latency_batch)
     return {
         "model": config.model,
         "dataset": config.dataset,
@@ -154,7 +148,7 @@ def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int
         "unit": result.unit,
         "units_targeted": result.units_targeted,
         "relative_sparsity": result.relative_sparsity,
-        **_size(deployed, example),
+        **_size(model, example),
         "params_dense": baseline.params,
         "macs_dense": baseline.macs,
         "accuracy": evaluate(model, test_loader),

@@ -274,7 +274,8 @@ def strip_masks(model: nn.Module, names: Iterable[str] | None = None) -> Masks:
     >>> sorted(strip_masks(model)), bool((model.weight != 0).all())
     (['weight'], True)
     """
-    masks = {name: mask for name, mask in get_masks(model).items() if names is None or name in set(names)}
+    wanted = None if names is None else set(names)
+    masks = {name: mask for name, mask in get_masks(model).items() if wanted is None or name in wanted}
     _unmask(model, bake_zeros=False, names=masks)
     return masks
 

@@ -48,8 +48,9 @@ class _Before:
     started: float
 
 
-def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup]) -> dict[str, torch.Tensor]:
-    """Every unit's score (higher = keep); units the masks already removed score -inf."""
+def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup],
+                kept: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every unit's score (higher = keep); units the masks already removed (not `kept`) score -inf."""
     granularity, criterion, options = step.granularity, step.criterion, step.request.options
     observed = {}
     if criterion.needs is not None:
@@ -57,7 +58,6 @@ def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup]) -> di
         probes = granularity.probes(model, groups, kind)
         observed = stats.collect(kind, model, probes, step.data, options.loss_fn, options.num_batches)
     evidence = granularity.evidence(model, groups, observed)
-    kept = granularity.kept(model, groups)
     generator = torch.Generator().manual_seed(options.seed)
     scores = {}
     for group in groups:
@@ -75,14 +75,22 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
         min_keep=granularity.min_keep, round_to=request.options.round_to, normalize=granularity.normalize,
     )
     keep = select(scores, rule)
-    chosen = {}
+    chosen = {group.name: keep[group.name] & kept[group.name].reshape(group.unit_shape) for group in groups}
+    return with_floor(granularity, groups, chosen, scores)
+
+
+def with_floor(granularity: Granularity, groups: Sequence[UnitGroup], keep: Mapping[str, torch.Tensor],
+               scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """`keep`, with every group keeping at least the granularity's `min_keep` units: masks may have
+    taken every unit already, and a layer may not lose all of them. The best-scored units (the
+    first ones without `scores`) make up the floor; they stay masked."""
+    floored = dict(keep)
     for group in groups:
-        alive = keep[group.name] & kept[group.name].reshape(group.unit_shape)
         floor = min(granularity.min_keep, group.num_units)
-        if int(alive.sum()) < floor:  # masks already took every unit: keep the floor, still masked
-            alive = alive | keep_highest(scores[group.name], floor)
-        chosen[group.name] = alive
-    return chosen
+        if int(keep[group.name].sum()) < floor:
+            ranking = scores[group.name] if scores is not None else torch.zeros(group.unit_shape)
+            floored[group.name] = keep[group.name] | keep_highest(ranking, floor)
+    return floored
 
 
 def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsity: float | None,
@@ -99,8 +107,9 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
         model.eval()  # statistics, tracing and shape checks must not move BatchNorm statistics
         before = _Before(granularity.present(model, groups), granularity.unit_magnitude(model, groups),
                          count_params(model)[0] if granularity.removable else None, time.perf_counter())
-        scores = score_units(model, step, groups)
-        keep = choose_units(step, groups, scores, granularity.kept(model, groups), sparsity)
+        kept = granularity.kept(model, groups)
+        scores = score_units(model, step, groups, kept)
+        keep = choose_units(step, groups, scores, kept, sparsity)
         masks = None if remove else granularity.to_masks(model, groups, keep)
     record = None
     if masks is None:

@@ -25,11 +25,10 @@ from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
 from prunekit.masking import bake, refuse_foreign_masks, release_masks
-from prunekit.pipeline import Pass, prune_pass, remove_units
+from prunekit.pipeline import Pass, prune_pass, remove_units, with_floor
 from prunekit.pruner_state import check_state, load_masks, own_masks
 from prunekit.request import PruneOptions, PruneRequest, model_signature, require_example_inputs, validate_request
 from prunekit.schedules import OneShot, Schedule
-from prunekit.select import keep_highest
 from prunekit.state import preserved_state
 from prunekit.stats import LossFn
 from prunekit.targets import ExcludeItem
@@ -79,9 +78,8 @@ class Pruner:
         self.model = model
         self._pass = Pass(self.request, granularity_, criterion, data, example_inputs)
         self._token = uuid.uuid4().hex
-        self._groups: list[UnitGroup] = []
         self._groups_signature: dict | None = None
-        self._groups = self._find_groups()  # also validates `exclude` and that there is something to prune
+        self._groups: list[UnitGroup] = self._find_groups()  # validates `exclude` and that something is prunable
         self._step = 0
         self._target: float | None = 0.0 if sparsity is not None else None
         self._achieved = 0.0
@@ -102,9 +100,7 @@ class Pruner:
             target = self.schedule.sparsity_at(step, sparsity) if sparsity is not None else None
             result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
             self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
-            if result.shrink_record is not None:
-                record = result.shrink_record
-                self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
+            self._add_record(result.shrink_record)
         self._step = step + 1  # only once the step went through: a failed step can be retried
         return result
 
@@ -147,8 +143,7 @@ class Pruner:
         granularity = self._pass.granularity
         inputs = self._pass.example_inputs if example_inputs is None else example_inputs
         if granularity.removable and own_masks(self.model, self._token):
-            record = _remove_masked_units(self.model, granularity, inputs, self.request.options.exclude, self._token)
-            self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
+            self._add_record(_remove_masked_units(self.model, granularity, inputs, self._find_groups(), self._token))
         bake(self.model)
         self._state = "finalized"
         return self.model
@@ -191,6 +186,10 @@ class Pruner:
                 "Pruner to prune further"
             )
 
+    def _add_record(self, record: ShrinkRecord | None) -> None:
+        if record is not None:
+            self.shrink_record = record if self.shrink_record is None else self.shrink_record + record
+
     def _find_groups(self) -> list[UnitGroup]:
         """The groups of the model as it is now (found again only when its shapes changed)."""
         signature = model_signature(self.model)
@@ -229,23 +228,21 @@ def remove_masked_units(model: nn.Module, granularity: str, example_inputs: obje
     >>> model[0].out_features, [step["removed"] for step in record.steps] != []
     (3, True)
     """
-    return _remove_masked_units(model, get_granularity(granularity), example_inputs, tuple(exclude), None)
-
-
-def _remove_masked_units(model: nn.Module, granularity: Granularity, example_inputs: object, exclude: tuple,
-                         owner: str | None) -> ShrinkRecord:
-    if not granularity.removable:
-        raise PrunekitError(f"granularity '{granularity.name}' has no units to remove physically; bake the masks instead")
-    require_example_inputs(granularity, example_inputs, f"removing {granularity.unit} units")
-    refuse_foreign_masks(model, owner)
+    unit_granularity = get_granularity(granularity)
+    if not unit_granularity.removable:
+        raise PrunekitError(f"granularity '{granularity}' has no units to remove physically; bake the masks instead")
+    require_example_inputs(unit_granularity, example_inputs, f"removing {unit_granularity.unit} units")
+    refuse_foreign_masks(model, None)
     with preserved_state(model):
         model.eval()
-        groups = granularity.find(model, example_inputs, exclude)
-        keep = granularity.kept(model, groups)
-    for group in groups:  # masks may have emptied a group: it keeps its floor (still masked)
-        floor = min(granularity.min_keep, group.num_units)
-        if int(keep[group.name].sum()) < floor:
-            keep[group.name] = keep[group.name] | keep_highest(torch.zeros(group.num_units), floor)
+        groups = unit_granularity.find(model, example_inputs, tuple(exclude))
+    return _remove_masked_units(model, unit_granularity, example_inputs, groups, None)
+
+
+def _remove_masked_units(model: nn.Module, granularity: Granularity, example_inputs: object,
+                         groups: list[UnitGroup], owner: str | None) -> ShrinkRecord:
+    """Remove the units of `groups` (found on `model` as it is) that the masks removed."""
+    keep = with_floor(granularity, groups, granularity.kept(model, groups))
     return remove_units(model, granularity, groups, keep, example_inputs, owner)
 
 

@@ -77,17 +77,15 @@ def _global_scope(scores: Scores, rule: SelectionRule) -> dict[str, int]:
     never taking a group below its floor of `min_keep`."""
     flat = [_normalised(score, rule.normalize) for score in scores.values()]
     ranking = torch.cat(flat) if flat else torch.zeros(0)
-    owner = torch.cat([torch.full((part.numel(),), index) for index, part in enumerate(flat)]) if flat else ranking.long()
-    protected = torch.zeros(ranking.numel(), dtype=torch.bool)
-    offset = 0
-    for part in flat:  # each group's best `min_keep` units are never candidates for removal
+    ends = torch.tensor([part.numel() for part in flat]).cumsum(0)
+    for part, end in zip(flat, ends.tolist()):  # each group's best `min_keep` units are never candidates
         floor = min(rule.min_keep, part.numel())
         if floor:
-            protected[offset + torch.argsort(part, descending=True, stable=True)[:floor]] = True
-        offset += part.numel()
-    budget = min(round(rule.sparsity * ranking.numel()), int((~protected).sum()))
-    keep_order = torch.argsort(ranking.masked_fill(protected, float("inf")), descending=True, stable=True)
-    removed = torch.bincount(owner[keep_order[keep_order.numel() - budget:]], minlength=len(flat))
+            ranking[end - part.numel() + torch.argsort(part, descending=True, stable=True)[:floor]] = float("inf")
+    budget = min(round(rule.sparsity * ranking.numel()), int((ranking != float("inf")).sum()))
+    keep_order = torch.argsort(ranking, descending=True, stable=True)
+    owners = torch.searchsorted(ends, keep_order[keep_order.numel() - budget:], right=True)
+    removed = torch.bincount(owners, minlength=len(flat))
     return {name: _keep_count(score.numel(), int(removed[index]), rule)
             for index, (name, score) in enumerate(scores.items())}
 
@@ -110,8 +108,10 @@ def select(scores: Scores, rule: SelectionRule) -> Masks:
     """
     if rule.threshold is not None:
         masks = {name: score >= rule.threshold for name, score in scores.items()}
-        floor = {name: keep_highest(score, min(rule.min_keep, score.numel())) for name, score in scores.items()}
-        return {name: masks[name] | floor[name] for name in masks} if rule.min_keep else masks
+        if rule.min_keep:
+            masks = {name: mask | keep_highest(scores[name], min(rule.min_keep, mask.numel()))
+                     for name, mask in masks.items()}
+        return masks
     if rule.scope not in _SCOPES:
         raise unknown_name("scope", rule.scope, _SCOPES)
     keep_counts = _SCOPES[rule.scope](scores, rule)
