@@ -13,7 +13,10 @@ directory plus a small modeling file (``prunekit.hf_remote``, torch + transforme
 layers. ``load_pruned`` needs no remote code: it rebuilds the architecture from the config,
 narrows each attention to the head count stored in the checkpoint's tensor shapes and loads the
 weights strictly. Removed encoder layers need nothing extra: ``remove_layers`` fixes
-``config.num_hidden_layers``, which plain ``from_pretrained`` honours.
+``config.num_hidden_layers``, which plain ``from_pretrained`` honours. The remote-code file is
+BERT-only; ``load_pruned`` also reloads the other head layouts (DistilBERT, ALBERT, GPT-2,
+Llama-style, T5) from a plain ``save_pretrained`` directory, as long as the checkpoint's keys are
+the model's parameter names (ViT and Swin checkpoints use legacy key names: refused clearly).
 """
 
 from __future__ import annotations
@@ -140,7 +143,13 @@ def _head_counts(model: nn.Module) -> list[int] | None:
     full = getattr(getattr(model, "config", None), "num_attention_heads", None)
     if layers is None or full is None:
         return None
-    counts = [int(layer.attention.self.num_attention_heads) for layer in layers]
+    counts = []
+    for layer in layers:
+        self_attention = getattr(getattr(layer, "attention", None), "self", None)
+        heads = getattr(self_attention, "num_attention_heads", None)
+        if not isinstance(heads, int):
+            return None  # not the BERT layout: load_pruned narrows it from the checkpoint's shapes
+        counts.append(heads)
     return counts if any(count != full for count in counts) else None
 
 

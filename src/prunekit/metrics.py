@@ -26,7 +26,7 @@ from prunekit.layers import handler_for, prunable_weights
 from prunekit.layers.base import nnz
 from prunekit.macs import MacCounts, count_macs, direct_parameters, is_parametrization_internal, macs_by_module
 from prunekit.state import preserved_modes
-from prunekit.masking import get_masks, named_effective_parameters, original_parameter
+from prunekit.masking import get_masks, named_effective_parameters, original_parameter, tied_names
 
 __all__ = [
     "LayerSummary",
@@ -42,11 +42,13 @@ __all__ = [
 
 
 def _effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters under plain names with masks applied (parametrization internals left out)."""
+    """Parameters under plain names with masks applied (parametrization internals left out); a
+    tied tensor (an LM head sharing the embedding) counts once, under its first name."""
+    ties = tied_names(model)
     return {
         name: tensor
         for name, tensor in named_effective_parameters(model)
-        if not is_parametrization_internal(name)
+        if not is_parametrization_internal(name) and ties.get(name, [name])[0] == name
     }
 
 

@@ -41,7 +41,9 @@ class Pruner:
     Arguments mirror :func:`prune` (but ``remove`` defaults to False: units are masked while
     training and removed by ``finalize()``); `scope` is ``"layer"`` (each layer, or each stack of
     blocks, loses the share) or ``"global"`` (all units compete), by default ``"layer"`` except
-    for granularity ``"layer"`` (``"global"``). `schedule` (default ``OneShot()``: prune at the first
+    for granularity ``"layer"`` (``"global"``). `method` defaults to the granularity's usual
+    criterion: ``"magnitude"`` for unstructured, ``"l1"`` for neurons, channels, LSTM units and
+    heads, ``"removal-cost"`` (needs `data`) for layers. `schedule` (default ``OneShot()``: prune at the first
     ``step()``) decides when. Less common settings are keyword `options` (``loss_fn``,
     ``exclude``, ``seed``, ``round_to``, ``num_batches``, ``remove``; see ``PruneOptions``), or
     one ``options=PruneOptions(...)``.
@@ -57,12 +59,14 @@ class Pruner:
     (True, True)
     """
 
-    def __init__(self, model: nn.Module, method: str = "magnitude", sparsity: float | None = None, *,
+    def __init__(self, model: nn.Module, method: str | None = None, sparsity: float | None = None, *,
                  threshold: float | None = None, granularity: str = "unstructured", scope: str | None = None,
                  schedule: Schedule | None = None, data: Iterable | None = None, example_inputs: object = None,
                  **options) -> None:
         if scope is None:
             scope = get_granularity(granularity).default_scope
+        if method is None:
+            method = get_granularity(granularity).default_method
         self.request = PruneRequest(method, granularity, scope, sparsity, threshold, _options(options))
         granularity_, criterion = validate_request(self.request, data, example_inputs)
         self.schedule = OneShot() if schedule is None else schedule
@@ -264,7 +268,7 @@ def finalize(model: nn.Module, granularity: str | None = None, example_inputs: o
 
 def prune(
     model: nn.Module,
-    method: str = "magnitude",
+    method: str | None = None,
     sparsity: float | None = None,
     granularity: str = "unstructured",
     scope: str | None = None,

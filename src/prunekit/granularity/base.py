@@ -53,6 +53,8 @@ class Granularity:
     normalize: bool = True
     #: the scope used when the caller names none
     default_scope: str = "layer"
+    #: the criterion used when the caller names none
+    default_method: str = "l1"
     supports_threshold: bool = False
     supports_round_to: bool = True
     #: units can be removed physically (else finalize bakes the masks)

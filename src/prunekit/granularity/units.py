@@ -10,7 +10,7 @@ from torch import nn
 from prunekit.graph import find_unit_groups, shrink
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
-from prunekit.granularity.base import Granularity, Keep, refuse_if_empty
+from prunekit.granularity.base import Granularity, Keep
 from prunekit.granularity.evidence import activation_points, signals_from_channels, weight_evidence
 from prunekit.types import Evidence
 
@@ -35,7 +35,7 @@ class UnitGranularity(Granularity):
         self.provides = frozenset({"incoming"}) | _SIGNALS | provides
 
     def find(self, model: nn.Module, example_inputs: object, exclude: Sequence) -> list[UnitGroup]:
-        return refuse_if_empty(find_unit_groups(model, example_inputs, self.name, exclude), self.name, model)
+        return find_unit_groups(model, example_inputs, self.name, exclude, refuse_empty=True)
 
     def probes(self, model: nn.Module, groups: Sequence[UnitGroup], kind: str) -> list:
         points = {point.module_name: point for group in groups for point, _ in activation_points(model, group)}

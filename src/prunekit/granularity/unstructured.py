@@ -29,6 +29,7 @@ class UnstructuredGranularity(Granularity):
 
     name = "unstructured"
     unit = "weight"
+    default_method = "magnitude"
     provides = frozenset({"weight", "signal.grad_abs", "signal.taylor"})
     collectors = MappingProxyType({"gradients": "weight-gradients"})
     min_keep = 0

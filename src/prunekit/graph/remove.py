@@ -21,6 +21,7 @@ from prunekit.graph.masks import unit_masks_to_param_masks
 from prunekit.graph.trace import trace_graph
 from prunekit.inputs import as_call, model_outputs
 from prunekit.graph.types import UnitGroup
+from prunekit.graph.walk import walk_group
 from prunekit.masking import apply_masks, bake, copy_model
 
 Groups = Mapping[str, UnitGroup]
@@ -54,15 +55,19 @@ def remove_units(model: nn.Module, example_inputs: object, groups: Groups, keep_
         removed_set, root = set(removed), model.get_submodule(name)
         unit_of_root = groups[name].root_unit_index.tolist()
         root_idxs = [index for index, unit in enumerate(unit_of_root) if unit in removed_set]
-        pruner = graph.get_pruner_of_module(root)
-        for item in graph.get_pruning_group(root, pruner.prune_out_channels, root_idxs):
+        for item in walk_group(graph, root, root_idxs):
             target = item.dep.target
-            if target.type == ops.OPTYPE.PARAMETER or target.module not in traced.names:
+            unwrapped = target.type == ops.OPTYPE.PARAMETER
+            if not unwrapped and target.module not in traced.names:
                 continue  # torch-pruning's placeholder ops (add, cat, output, ...) hold no weights
             entry = pending.setdefault((target.module, item.dep.handler), [item.dep, set()])
             entry[1].update(item.idxs)
     for dependency, idxs in pending.values():
-        dependency(sorted(idxs))
+        if dependency.target.type == ops.OPTYPE.PARAMETER:  # a new tensor: put it where the old one was
+            owner, _, attr = graph._param_to_name[dependency.target.module].rpartition(".")
+            setattr(model.get_submodule(owner), attr, dependency(sorted(idxs)))
+        else:
+            dependency(sorted(idxs))
     for name, param in model.named_parameters():  # torch-pruning makes every new tensor trainable
         param.requires_grad_(requires_grad.get(name, param.requires_grad))
 

@@ -32,7 +32,14 @@ def layer_slices(name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: 
             f"{type(module).__name__} '{name}' shares these units and prunekit cannot remove them "
             "from it consistently yet"
         )
-    return handler.slices(name, module, is_out, idxs, roots)
+    batches = handler.slices(name, module, is_out, idxs, roots)
+    for batch in batches:
+        if batch.positions and not 0 <= min(batch.positions) <= max(batch.positions) < batch.size:
+            raise UnsupportedCoupling(
+                f"the dependency graph maps these units to indices beyond the {batch.size} slices of "
+                f"'{batch.param}' (a split or reshape it does not follow)"
+            )
+    return batches
 
 
 class _UnionFind:

@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch_pruning import ops
 
 from prunekit.errors import PrunekitError
 from prunekit.graph.lstm import rnn_boundaries
 from prunekit.inputs import Run, as_call, model_outputs
+from prunekit.layers.conv1d import Conv1DPruner, is_conv1d
+from prunekit.layers.norm import GroupNormPruner
 from prunekit.layers.rnn import RnnUnitPruner
 from prunekit.state import preserved_modes
 
@@ -43,16 +47,23 @@ class TracedGraph:
 
 @contextlib.contextmanager
 def _tracing_state(model: nn.Module) -> Iterator[None]:
-    """Let autograd see every parameter (frozen ones too), then restore flags and modes."""
+    """Let autograd see every parameter (frozen ones too) and run activations out of place, then
+    restore flags and modes. An in-place activation after a layer whose output is a view
+    (InstanceNorm) rewrites that view's autograd node, and torch-pruning then loses the layer."""
     requires_grad = {param: param.requires_grad for param in model.parameters()}
+    inplace = {m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)}
     with preserved_modes(model):
         try:
             for param in requires_grad:
                 param.requires_grad_(True)
+            for module in inplace:
+                module.inplace = False
             yield
         finally:
             for param, flag in requires_grad.items():
                 param.requires_grad_(flag)
+            for module, flag in inplace.items():
+                module.inplace = flag
 
 
 class _CallTracker:
@@ -89,6 +100,75 @@ class _CallTracker:
         return hook
 
 
+_CATS = {torch.cat, torch.concat, torch.concatenate}
+_CHUNKS = {torch.chunk, torch.Tensor.chunk}
+_SPLITS = {torch.split, torch.Tensor.split, torch.tensor_split, torch.Tensor.tensor_split}
+
+
+class _OpRecorder(TorchFunctionMode):
+    """Records what autograd does not keep about some ops run while tracing, keyed by the autograd
+    node of their output.
+
+    * ``torch.cat``: the width each input adds along the concatenated dim. torch-pruning infers
+      those widths from the graph and fails (``int + None``) when one cannot be inferred, e.g. a
+      U-Net skip concatenation or a cache update.
+    * ``chunk`` vs ``split``: both leave a ``SplitBackward0``, but a chunk adapts to its input's
+      width (units can go if every chunk loses as many) and a split into given sizes does not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict = {}
+        self.cuts: dict = {}  # autograd node -> ("chunk" or "split", width of each piece)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CHUNKS | _SPLITS and isinstance(out, (tuple, list)) and out:
+            node = getattr(out[0], "grad_fn", None)
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            if node is not None and all(isinstance(piece, torch.Tensor) for piece in out):
+                widths = [int(piece.shape[dim]) for piece in out]
+                self.cuts[node] = ("chunk" if func in _CHUNKS else "split", widths)
+        if func in _CATS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            tensors = args[0] if args else kwargs.get("tensors", kwargs.get("inputs", ()))
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            # torch.cat skips empty 1-d tensors whatever the dim (legacy behaviour): they add nothing
+            self.sizes[out.grad_fn] = [int(t.shape[dim]) if t.dim() > 1 or t.numel() else 0 for t in tensors]
+        return out
+
+
+class _Graph(tp.DependencyGraph):
+    """torch-pruning's graph, told the concatenation widths seen while tracing (see _OpRecorder)
+    and with each split's consumers in the order of the pieces they read, before it maps indices
+    through them (torch-pruning pairs the i-th consumer it found with the i-th piece)."""
+
+    recorded: _OpRecorder | None = None
+    #: split nodes whose pieces cannot be told apart (a piece unused or read twice by one consumer)
+    unmapped_splits: set = set()
+
+    def _build_dependency(self, module2node):
+        super()._build_dependency(module2node)
+        self.unmapped_splits = set()
+        for node in module2node.values():
+            if node.type == ops.OPTYPE.CONCAT and node.grad_fn in self.recorded.sizes:
+                node.module.concat_sizes = self.recorded.sizes[node.grad_fn]
+            if node.type == ops.OPTYPE.SPLIT:
+                self._order_split_outputs(node)
+
+    def _order_split_outputs(self, node) -> None:
+        cut = self.recorded.cuts.get(node.grad_fn)
+        pieces = len(cut[1]) if cut else None
+        read = {}
+        for out in node.outputs:
+            indices = [nr for fn, nr in getattr(out.grad_fn, "next_functions", ()) if fn is node.grad_fn]
+            read[out] = indices[0] if len(indices) == 1 else None
+        if pieces != len(node.outputs) or sorted(read.values(), key=str) != list(range(pieces or 0)):
+            self.unmapped_splits.add(node)
+            return
+        node.outputs.sort(key=lambda out: read[out])
+
+
 def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
     """Build torch-pruning's DependencyGraph for `model`; the model is left as it was.
 
@@ -99,18 +179,26 @@ def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
     run = as_call(example_inputs)
     rnn_pruner = RnnUnitPruner()
     customized = {type(m): rnn_pruner for m in model.modules() if isinstance(m, nn.RNNBase)}
+    customized |= {type(m): Conv1DPruner() for m in model.modules() if is_conv1d(m)}
+    customized |= {type(m): GroupNormPruner() for m in model.modules() if isinstance(m, nn.GroupNorm)}
     output_grad_fns: set = set()
 
-    def remember_outputs(out):
-        output_grad_fns.update(t.grad_fn for t in model_outputs(out) if t.grad_fn is not None)
-        return out
+    ran = []
 
-    tracker = _CallTracker()
+    def remember_outputs(out):
+        ran.append(True)
+        tensors = model_outputs(out)  # torch-pruning reads plain tensors (not caches, not ModelOutput)
+        output_grad_fns.update(t.grad_fn for t in tensors if t.grad_fn is not None)
+        return tensors
+
+    tracker, recorder = _CallTracker(), _OpRecorder()
+    graph = _Graph()
+    graph.recorded = recorder
     with _tracing_state(model), rnn_boundaries(model), tracker.watch(model), torch.enable_grad():
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), recorder:
                 warnings.simplefilter("ignore")  # torch-pruning warns about every unknown op
-                graph = tp.DependencyGraph().build_dependency(
+                graph.build_dependency(
                     model,
                     example_inputs=example_inputs,
                     forward_fn=lambda module, _: run(module),
@@ -121,6 +209,12 @@ def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
         except PrunekitError:
             raise
         except Exception as error:  # noqa: BLE001 - any tracing failure becomes one clear error
+            if ran:  # the model ran: the inputs are fine, torch-pruning could not read the graph
+                raise PrunekitError(
+                    f"torch-pruning could not analyse {type(model).__name__}'s graph "
+                    f"({type(error).__name__}: {error}); structured pruning cannot follow this "
+                    "model. Use granularity 'unstructured', or exclude the layers involved"
+                ) from None
             where = f" in layer '{tracker.stack[-1]}'" if tracker.stack else ""
             raise PrunekitError(
                 f"could not trace the model with the example inputs{where}: "

@@ -12,11 +12,13 @@ from torch import nn
 from prunekit.layers.attention import MultiheadAttentionHandler
 from prunekit.layers.base import LayerHandler
 from prunekit.layers.conv import ConvHandler, ConvTransposeHandler
+from prunekit.layers.conv1d import Conv1DHandler
 from prunekit.layers.linear import LinearHandler
 from prunekit.layers.norm import (
     BatchNormHandler,
     ChannelMixingNormHandler,
     FreeLayerHandler,
+    GroupNormHandler,
     InstanceNormHandler,
     PReLUHandler,
 )
@@ -26,12 +28,14 @@ from prunekit.layers.rnn import RnnHandler
 HANDLERS: tuple[LayerHandler, ...] = (
     MultiheadAttentionHandler(),
     LinearHandler(),
+    Conv1DHandler(),
     ConvHandler(),
     ConvTransposeHandler(),
     RnnHandler(),
     BatchNormHandler(),
     InstanceNormHandler(),
     ChannelMixingNormHandler(),
+    GroupNormHandler(),
     PReLUHandler(),
     FreeLayerHandler(),
 )

@@ -5,9 +5,11 @@ Head layouts prunekit recognises (anything else has no heads to remove):
 * ``nn.MultiheadAttention`` with packed ``in_proj_weight`` (``kdim == vdim == embed_dim``), no
   ``bias_k``/``bias_v``, no ``add_zero_attn``; batch_first or not; and prunekit's own
   ``PrunedMultiheadAttention`` (what head removal turns it into).
-* Hugging Face BERT-style self-attention (transformers 5.x ``BertSelfAttention``, RoBERTa, ...):
-  a module with ``query``/``key``/``value`` ``nn.Linear`` children and integer attributes
-  ``num_attention_heads`` and ``attention_head_size``, whose parent has ``output.dense``.
+* Hugging Face attention (transformers 5.x): BERT, ALBERT, DistilBERT, ViT / Swin / Llama-style
+  ``q_proj``..``o_proj`` (grouped-query attention included), T5 and GPT-2; see ``hf_attention.py``.
+
+``find_attention_groups`` checks them and says why one cannot lose heads;
+``attention_projections`` only names their projections (for code that must keep away from them).
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Set
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from prunekit.errors import PrunekitError
+from prunekit.layers.attention_layout import Attention, AttentionGroup, HeadSlice, unit_index
 from prunekit.layers.base import LayerHandler, MacRow, nnz
+from prunekit.layers.hf_attention import chain_key, hf_attention, hf_layout, hf_projections
 from prunekit.layers.pruned_attention import AttentionMasks, PrunedMultiheadAttention, attention_context
 
-HF_PROJECTIONS = ("query", "key", "value")
 _PACKED = (nn.MultiheadAttention, PrunedMultiheadAttention)
 
 
@@ -78,47 +80,17 @@ class MultiheadAttentionHandler(LayerHandler):
         return [("", dense + attention, nonzero + attention), out]
 
 
-@dataclass(frozen=True)
-class Attention:
-    """One attention module whose heads can be removed: where its per-head parameters live."""
-
-    name: str
-    module: nn.Module
-    num_heads: int
-    head_dim: int
-    qkv: tuple[nn.Linear, ...] | None  # HF layout: query, key, value; None for packed in_proj
-    out_proj: nn.Linear
-    out_proj_name: str
-
-
 def looks_like_attention(module: nn.Module) -> bool:
     """Whether `module` is an attention layer of a layout this file knows (maybe unsupported).
 
     >>> looks_like_attention(nn.MultiheadAttention(8, 2)), looks_like_attention(nn.Linear(2, 2))
     (True, False)
     """
-    if isinstance(module, _PACKED):
-        return True
-    return all(isinstance(getattr(module, proj, None), nn.Linear) for proj in HF_PROJECTIONS)
+    return isinstance(module, _PACKED) or hf_layout(module) is not None
 
 
-def _hf_attention(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Attention | None:
-    qkv = tuple(getattr(module, proj, None) for proj in HF_PROJECTIONS)
-    if not all(isinstance(linear, nn.Linear) for linear in qkv):
-        return None
-    heads = getattr(module, "num_attention_heads", None)
-    head_dim = getattr(module, "attention_head_size", None)
-    parent_name = name.rpartition(".")[0]
-    out_proj = getattr(getattr(modules.get(parent_name), "output", None), "dense", None)
-    layout_known = isinstance(heads, int) and isinstance(head_dim, int)
-    if not (layout_known and isinstance(out_proj, nn.Linear)):
-        raise PrunekitError(
-            f"'{name}' looks like Hugging Face attention (query/key/value layers) but prunekit "
-            "cannot find its per-head layout: it needs int attributes num_attention_heads and "
-            "attention_head_size and an output projection at '<parent>.output.dense' (BERT "
-            f"layout). Exclude '{name}' or use a BERT-style model"
-        )
-    return Attention(name, module, heads, head_dim, qkv, out_proj, _join(parent_name, "output.dense"))
+def _layout(module: nn.Module) -> str | None:
+    return "packed" if isinstance(module, _PACKED) else hf_layout(module)
 
 
 def _packed_attention(name: str, module: nn.Module) -> Attention:
@@ -136,8 +108,75 @@ def _packed_attention(name: str, module: nn.Module) -> Attention:
             f"cannot remove heads of nn.MultiheadAttention '{name}': {', '.join(unsupported)} is "
             f"not supported (only packed in_proj_weight). Exclude '{name}'"
         )
-    heads, head_dim, out_proj = module.num_heads, module.head_dim, module.out_proj
-    return Attention(name, module, heads, head_dim, None, out_proj, _join(name, "out_proj"))
+    heads, head_dim = module.num_heads, module.head_dim
+    units = unit_index(heads * head_dim, head_dim)
+    names = ["in_proj_weight"] + ["in_proj_bias"] * (module.in_proj_bias is not None)
+    slices = [HeadSlice(_join(name, param), 0, units.repeat(3)) for param in names]
+    slices.append(HeadSlice(_join(name, "out_proj.weight"), 1, units))
+    return Attention(name, module, "packed", heads, head_dim, module.out_proj, _join(name, "out_proj"), tuple(slices))
+
+
+def _candidates(modules: dict[str, nn.Module]) -> dict[str, list[tuple[str, nn.Module, str]]]:
+    """Recognised attention modules (not yet checked), by the head group they belong to."""
+    chains: dict[str, list[tuple[str, nn.Module, str]]] = {}
+    for name, module in modules.items():
+        layout = _layout(module)
+        if layout is not None:
+            chains.setdefault(chain_key(name, layout), []).append((name, module, layout))
+    return chains
+
+
+def _is_excluded(name: str, module: nn.Module, layout: str, modules: dict, excluded: Set[str]) -> bool:
+    if name in excluded:
+        return True
+    projections = hf_projections(name, module, layout, modules) if layout != "packed" else {}
+    return any(proj_name in excluded for proj_name in projections)
+
+
+def _build(name: str, module: nn.Module, layout: str, modules: dict) -> Attention:
+    return _packed_attention(name, module) if layout == "packed" else hf_attention(name, module, layout, modules)
+
+
+def _group(members: list[tuple[str, nn.Module, str]], modules: dict, excluded: Set[str]) -> AttentionGroup | None:
+    skipped = [name for name, module, layout in members if _is_excluded(name, module, layout, modules, excluded)]
+    if len(skipped) == len(members):
+        return None
+    names = [name for name, _, _ in members]
+    if skipped:
+        raise PrunekitError(
+            f"'{skipped[0]}' is excluded, but its heads can only be removed together with those of "
+            f"{len(names)} attention layers ({names[0]} ... {names[-1]}): the first layer's per-head "
+            "position bias feeds every later layer of the stack. Exclude all of them or none"
+        )
+    attentions = tuple(_build(name, module, layout, modules) for name, module, layout in members)
+    shapes = {(attention.num_units, attention.unit_width) for attention in attentions}
+    if len(shapes) > 1:
+        raise PrunekitError(
+            f"attention layers {names[0]} ... {names[-1]} share a per-head position bias but differ in "
+            f"heads or head size {sorted(shapes)}; exclude them (exclude={names!r})"
+        )
+    return AttentionGroup(names[0], attentions)
+
+
+def find_attention_groups(model: nn.Module, excluded: Set[str] = frozenset(),
+                          names: Set[str] | None = None) -> list[AttentionGroup]:  # fmt: skip
+    """The attention modules of `model` whose heads can be removed, as groups whose units go
+    together (one module each, except T5 stacks), in module order. Modules named in `excluded`
+    (with any of their projections) are left out; with `names`, only groups of those names are
+    built. An attention layer of a known but unsupported form is an error.
+
+    >>> [(g.name, g.num_units) for g in find_attention_groups(nn.TransformerEncoderLayer(16, 4))]
+    [('self_attn', 4)]
+    """
+    modules = dict(model.named_modules())
+    groups = []
+    for members in _candidates(modules).values():
+        if names is not None and members[0][0] not in names:
+            continue
+        group = _group(members, modules, excluded)
+        if group is not None:
+            groups.append(group)
+    return groups
 
 
 def find_attentions(model: nn.Module, excluded: Set[str] = frozenset()) -> list[Attention]:
@@ -147,15 +186,25 @@ def find_attentions(model: nn.Module, excluded: Set[str] = frozenset()) -> list[
     >>> [a.name for a in find_attentions(nn.TransformerEncoderLayer(16, 4))]
     ['self_attn']
     """
+    return [attention for group in find_attention_groups(model, excluded) for attention in group.attentions]
+
+
+def attention_projections(model: nn.Module) -> dict[nn.Module, str]:
+    """``{projection module: attention module name}`` for every query/key/value/output projection
+    (Linear or Conv1D) of every attention layer of a recognised layout, also those whose heads
+    cannot be removed. Never raises; reads module names and types only.
+
+    >>> layer = nn.TransformerEncoderLayer(16, 4)
+    >>> list(attention_projections(layer).values())
+    ['self_attn']
+    """
     modules = dict(model.named_modules())
-    found = []
+    found: dict[nn.Module, str] = {}
     for name, module in modules.items():
-        if name in excluded:
-            continue
         if isinstance(module, _PACKED):
-            found.append(_packed_attention(name, module))
-        elif (attention := _hf_attention(name, module, modules)) is not None:
-            found.append(attention)
+            found[module.out_proj] = name
+        elif (layout := hf_layout(module)) is not None:
+            found.update((proj, name) for proj in hf_projections(name, module, layout, modules).values())
     return found
 
 
@@ -163,11 +212,11 @@ def watch_head_contexts(attention: Attention, on_context: Callable[[torch.Tensor
     """Call ``on_context(context)`` with the per-head context vectors (before the output
     projection; ``(..., heads * head_dim)``) each time `attention` runs; returns the hook handle.
 
-    BERT-style and pruned attention feed the context to their output projection, so it is read
+    Hugging Face and pruned attention feed the context to their output projection, so it is read
     there; ``nn.MultiheadAttention`` applies that projection functionally, so its context is
     recomputed from the call's arguments.
     """
-    if attention.qkv is not None or isinstance(attention.module, PrunedMultiheadAttention):
+    if not isinstance(attention.module, nn.MultiheadAttention):
         return attention.out_proj.register_forward_pre_hook(lambda _, args: on_context(args[0]))
     signature = inspect.signature(nn.MultiheadAttention.forward)
 

@@ -2,7 +2,8 @@
 
 Grouped convolutions stay valid only when every group loses the same local channels; a
 depthwise convolution couples its inputs to its outputs. Transposed convolutions are pruned
-unstructured and counted, but their channels are not removed yet.
+unstructured and their output channels are removed too (weights ``(in, out, *kernel)``),
+except grouped ones.
 """
 
 from __future__ import annotations
@@ -93,12 +94,26 @@ class ConvTransposeHandler(LayerHandler):
     """``nn.ConvTranspose1d/2d/3d``: weights ``(in, out / groups, *kernel)``, outputs on dim 1."""
 
     types = _CONV_TRANSPOSE
+    unit_granularity = "channel"
+
+    def out_width(self, module: nn.Module) -> int:
+        return module.out_channels
+
+    def activation_dim(self, module: nn.Module) -> int:
+        return 1
 
     def prunable_weights(self, module: nn.Module) -> list[str]:
         return ["weight"]
 
     def slices(self, name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> list[SliceBatch]:
-        raise UnsupportedCoupling(f"transposed convolution '{name}' is not supported yet")
+        if module.groups > 1:
+            raise UnsupportedCoupling(f"grouped transposed convolution '{name}' is not supported yet")
+        if not is_out:
+            return [slice_batch(prefix(name) + "weight", 0, module.in_channels, idxs, roots)]
+        batches = [slice_batch(prefix(name) + "weight", 1, module.out_channels, idxs, roots)]
+        if module.bias is not None:
+            batches.append(slice_batch(prefix(name) + "bias", 0, module.out_channels, idxs, roots))
+        return batches
 
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow]:
         positions = args[0].numel() // module.in_channels  # each input element meets its weights

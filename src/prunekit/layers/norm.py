@@ -1,11 +1,16 @@
 """Normalisation and per-channel layers: no MACs; BatchNorm/InstanceNorm/PReLU lose channels
-with the layer that feeds them; LayerNorm/GroupNorm mix channels, so groups through them are
-not removed (yet), but their scales still count as evidence."""
+with the layer that feeds them; GroupNorm loses whole groups (its statistics are per group, so
+removing a whole group leaves the others exactly as they were, and a zeroed group normalises to
+zero); LayerNorm mixes all its channels into one mean and variance, so removing some changes the
+rest and units through it are not removed, but its scale still counts as evidence."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+from torch_pruning.pruner.function import BasePruningFunc
 
 from prunekit.layers.base import Ints, LayerHandler, SliceBatch, UnsupportedCoupling, prefix, slice_batch
 
@@ -54,12 +59,66 @@ class InstanceNormHandler(LayerHandler):
 
 
 class ChannelMixingNormHandler(LayerHandler):
-    """``nn.LayerNorm`` / ``nn.GroupNorm``: statistics over many channels, so their channels are
-    not removed; their affine scale is still evidence for the units they normalise."""
+    """``nn.LayerNorm``: statistics over all its channels, so its channels are not removed; its
+    affine scale is still evidence for the units it normalises."""
 
-    types = (nn.LayerNorm, nn.GroupNorm)
+    types = (nn.LayerNorm,)
     scales_units = True
     free = True
+
+    def slices(self, name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> list[SliceBatch]:
+        raise UnsupportedCoupling(
+            f"LayerNorm '{name}' normalises these units together: removing some would change the "
+            "mean and variance the others see, so removal cannot equal masking"
+        )
+
+
+class GroupNormHandler(LayerHandler):
+    """``nn.GroupNorm``: a unit is a whole group of channels (``GroupNormPruner`` removes it and
+    lowers ``num_groups``).
+
+    >>> [b.param for b in GroupNormHandler().slices("gn", nn.GroupNorm(2, 4), True, [0], [0])]
+    ['gn.weight', 'gn.bias', '#groupnorm:gn']
+    """
+
+    types = (nn.GroupNorm,)
+    scales_units = True
+    free = True
+
+    def activation_dim(self, module: nn.Module) -> int:
+        return 1
+
+    def slices(self, name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> list[SliceBatch]:
+        per_group = module.num_channels // module.num_groups
+        group_of = [idx // per_group for idx in idxs]  # every channel of a group is one unit
+        return [*_per_channel(name, module, idxs, roots),
+                slice_batch(f"#groupnorm:{name}", 0, module.num_groups, group_of, roots)]  # fmt: skip
+
+
+class GroupNormPruner(BasePruningFunc):
+    """torch-pruning pruner for ``nn.GroupNorm`` that removes whole groups: torch-pruning's own
+    keeps ``num_groups``, which regroups the remaining channels."""
+
+    def prune_out_channels(self, layer: nn.GroupNorm, idxs: Sequence[int]) -> nn.GroupNorm:
+        per_group = layer.num_channels // layer.num_groups
+        removed = set(idxs)
+        if len(removed) % per_group or any(idx // per_group * per_group + k not in removed
+                                           for idx in removed for k in range(per_group)):  # fmt: skip
+            raise UnsupportedCoupling(f"GroupNorm would lose part of a group ({sorted(removed)})")
+        keep = [index for index in range(layer.num_channels) if index not in removed]
+        if layer.affine:
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        layer.num_channels, layer.num_groups = len(keep), len(keep) // per_group
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.GroupNorm) -> int:
+        return layer.num_channels
+
+    def get_in_channels(self, layer: nn.GroupNorm) -> int:
+        return layer.num_channels
 
 
 class FreeLayerHandler(LayerHandler):

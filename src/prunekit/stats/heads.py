@@ -11,18 +11,27 @@ from torch import nn
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.types import UnitGroup
 from prunekit.inputs import as_call
-from prunekit.layers.attention import Attention, find_attentions, watch_head_contexts
+from prunekit.layers.attention import find_attention_groups, watch_head_contexts
+from prunekit.layers.attention_layout import Attention, output_weight
 from prunekit.stats.loop import LossFn, for_each_batch
 
 
-def _add_head_norms(totals: dict, attention: Attention, context: torch.Tensor) -> None:
-    """Accumulate the L2 norm of each head's contribution ``context_h @ W_out[:, h].T``."""
-    heads = attention.num_heads
-    weight = attention.out_proj.weight.detach().view(-1, heads, attention.head_dim)
-    per_head = context.detach().reshape(-1, heads, attention.head_dim)
-    norms = torch.einsum("thd,ehd->the", per_head, weight).norm(dim=-1)  # (tokens, heads)
-    total, count = totals.get(attention.name, (0.0, 0))
-    totals[attention.name] = (total + norms.sum(dim=0).cpu(), count + norms.shape[0])
+def _add_head_norms(totals: dict, group_name: str, attention: Attention, context: torch.Tensor) -> None:
+    """Accumulate the L2 norm of each unit's contribution ``context_u @ W_out[:, u].T`` (a unit's
+    query heads together under grouped-query attention)."""
+    units, width = attention.num_units, attention.unit_width
+    weight = output_weight(attention).detach().reshape(-1, units, width)
+    per_unit = context.detach().reshape(-1, units, width)
+    norms = torch.einsum("tuw,euw->tue", per_unit, weight).norm(dim=-1)  # (tokens, units)
+    total, count = totals.get(group_name, (0.0, 0))
+    totals[group_name] = (total + norms.sum(dim=0).cpu(), count + norms.shape[0])
+
+
+def _group_names(model: nn.Module) -> list[str]:
+    try:
+        return [group.name for group in find_attention_groups(model)]
+    except PrunekitError:  # an unsupported attention elsewhere: name none rather than hide the error
+        return []
 
 
 @contextlib.contextmanager
@@ -30,17 +39,19 @@ def recording_head_norms(model: nn.Module, groups: Iterable[UnitGroup]):
     """Context manager yielding ``{group: (sum of head norms, token count)}`` filled by forwards.
 
     Hooks are removed on exit. Hooks on ``self_attn`` also keep nn.TransformerEncoderLayer off
-    its fused fast path, which would bypass the attention module.
+    its fused fast path, which would bypass the attention module. A group of several attention
+    modules (a T5 stack) averages over every module's tokens.
     """
     groups = list(groups)
-    attentions = {attention.name: attention for attention in find_attentions(model)}
-    missing = [group.name for group in groups if group.name not in attentions]
+    found = {group.name: group for group in find_attention_groups(model, names={group.name for group in groups})}
+    missing = [group.name for group in groups if group.name not in found]
     if missing:
-        raise unknown_name("attention (head group)", missing[0], attentions)
+        raise unknown_name("attention (head group)", missing[0], _group_names(model))
     totals: dict = {}
     handles = [
-        watch_head_contexts(attentions[group.name], lambda context, a=attentions[group.name]: _add_head_norms(totals, a, context))
+        watch_head_contexts(attention, lambda context, g=group.name, a=attention: _add_head_norms(totals, g, a, context))
         for group in groups
+        for attention in found[group.name].attentions
     ]
     try:
         yield totals
@@ -58,7 +69,8 @@ def head_output_norms(
     (the projection bias is shared, so left out). `inputs` is what the model is called with (a
     tensor, a tuple of arguments, a dict of keyword arguments) or a list of those (batches).
     Every token counts, padding included; the model runs in eval mode under ``torch.no_grad``
-    (modes and RNG restored). Returns ``{group name: float tensor (num_heads,)}``.
+    (modes and RNG restored). Returns ``{group name: float tensor (num_units,)}`` (a unit is a
+    key/value head with its query heads under grouped-query attention).
 
     >>> layer = nn.TransformerEncoderLayer(16, 4, batch_first=True).eval()
     >>> from prunekit.graph.heads import find_head_groups
