@@ -1,8 +1,11 @@
-"""Whole blocks (identity-shortcut residual blocks, transformer encoder layers) as units.
+"""Whole blocks (residual blocks f(x) + x, transformer layers) as units (see ``prunekit.graph.blocks``).
 
-One group per stack of removable blocks (a ResNet stage, an encoder's layer list): global scope
-(the default here) takes the stated share of all blocks, layer scope of each stack; every stack
-keeps at least one of its removable blocks. Evidence from data is the loss increase when a block alone is skipped.
+One group per list of removable blocks (a ResNet stage, an encoder's layer list), and one shared
+group for the layers of config-counted lists that keep a layer they cannot lose (T5's first block,
+Swin's and Hugging Face ResNet's first block of a stage), so a stage with a single removable layer
+can still lose it. Every group keeps at least one block, so no list is ever emptied. Global scope
+(the default here) takes the stated share of all blocks, layer scope of each group. Evidence from
+data is the loss increase when a block alone is skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph.layers import block_mask_params, find_layer_candidates, layer_masks, remove_layers
+from prunekit.graph.block_masks import check_masked_together
+from prunekit.graph.layers import block_mask_params, masked_equivalent, no_blocks_error, remove_layers, search_blocks
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import Member, UnitGroup
 from prunekit.granularity.base import Granularity, Keep
@@ -22,24 +26,31 @@ from prunekit.masking import named_effective_parameters
 from prunekit.targets import excluded_module_names
 from prunekit.types import Evidence
 
+_OTHER_GRANULARITY = ". Choose 'neuron' or 'channel' for this model"
 
-def _members(model: nn.Module, blocks: list[str]) -> tuple[Member, ...]:
+
+def _members(model: nn.Module, blocks: list) -> tuple[Member, ...]:
     """Per block, the parameters that mask it (blocks without a masked equivalent have none)."""
     shapes = {name: param.shape for name, param in named_effective_parameters(model)}
     members = []
     for unit, block in enumerate(blocks):
-        try:
-            params = block_mask_params(model, block)
-        except PrunekitError:
-            continue
+        params, _ = masked_equivalent(model, block)
         members += [Member(param, 0, torch.full((shapes[param][0],), unit)) for param in params]
     return tuple(members)
 
 
-def _stacks(candidates: list[str]) -> dict[str, list[str]]:
-    stacks: dict[str, list[str]] = {}
+SHARED_GROUP = "(layers of config-counted lists that keep others)"  # not a module name: no clash
+
+
+def _stacks(model: nn.Module, search, candidates: list[str]) -> dict[str, list[str]]:
+    """Candidates by the list they sit in; the layers of config-counted lists that keep a layer
+    they cannot lose share one group (such a list is never emptied, whatever goes)."""
+    chosen, stacks = set(candidates), {}
     for name in candidates:
-        stacks.setdefault(name.rpartition(".")[0], []).append(name)
+        parent = name.rpartition(".")[0]
+        siblings = [f"{parent}.{child}" if parent else child for child, _ in model.get_submodule(parent).named_children()]
+        shared = search.blocks[name].kind == "counted" and not all(sibling in chosen for sibling in siblings)
+        stacks.setdefault(SHARED_GROUP if shared else parent, []).append(name)
     return stacks
 
 
@@ -62,27 +73,25 @@ class LayerGranularity(Granularity):
     normalize = False
     supports_round_to = False
     default_scope = "global"
+    default_method = "removal-cost"
 
     def find(self, model: nn.Module, example_inputs: object, exclude: Sequence) -> list[UnitGroup]:
         excluded = excluded_module_names(model, exclude)
-        found = find_layer_candidates(model, example_inputs)
-        if not found:
-            raise PrunekitError(
-                f"granularity 'layer' needs removable blocks; {type(model).__name__} has none "
-                "(prunekit removes identity-shortcut residual blocks, nn.TransformerEncoderLayer and "
-                "Hugging Face encoder layers). Choose 'neuron' or 'channel' for this model"
-            )
-        candidates = [name for name in found if name not in excluded]
-        stacks = _stacks(candidates)
+        search = search_blocks(model, example_inputs)
+        if not search.blocks:
+            raise no_blocks_error(model, search, _OTHER_GRANULARITY)
+        candidates = [name for name in search.blocks if name not in excluded]
+        stacks = _stacks(model, search, candidates)
         if all(len(blocks) < 2 for blocks in stacks.values()):
+            refused = "".join(f"; '{name}' is not removable: {why}" for name, why in list(search.refused.items())[:2])
             raise PrunekitError(
                 f"{type(model).__name__} has {len(candidates)} removable block(s) left after exclusions, "
-                "none two in one stack; layer pruning keeps at least one block of each stack, so there "
-                "is nothing to remove"
+                "none two in one stack; layer pruning keeps at least one block of each stack, so there is "
+                f"nothing to remove{refused}"
             )
         return [
-            UnitGroup(stack, self.name, len(blocks), _members(model, blocks), torch.arange(len(blocks)),
-                      unit_names=tuple(blocks))
+            UnitGroup(stack, self.name, len(blocks), _members(model, [search.blocks[name] for name in blocks]),
+                      torch.arange(len(blocks)), unit_names=tuple(blocks))
             for stack, blocks in stacks.items()
         ]
 
@@ -97,13 +106,20 @@ class LayerGranularity(Granularity):
         return evidence
 
     def to_masks(self, model: nn.Module, groups: Sequence[UnitGroup], keep: Keep) -> dict[str, torch.Tensor]:
+        for group in groups:
+            covered = {int(unit) for member in group.members for unit in member.unit_index.tolist()}
+            for unit, (name, kept) in enumerate(zip(group.unit_names, keep[group.name].tolist())):
+                if not kept and unit not in covered:
+                    block_mask_params(model, name)  # raises why it has no masked equivalent
+                    raise PrunekitError(f"'{name}' has no masked equivalent here; prune with remove=True")
         removed = _removed(groups, keep)
-        return layer_masks(model, removed) if removed else {}
+        check_masked_together(model, removed)
+        return super().to_masks(model, groups, keep) if removed else {}
 
     def remove(self, model: nn.Module, groups: Sequence[UnitGroup], keep: Keep, example_inputs: object,
                check: bool = True) -> ShrinkRecord:
         removed = _removed(groups, keep)
-        return remove_layers(model, removed) if removed else ShrinkRecord()
+        return remove_layers(model, removed, example_inputs, check) if removed else ShrinkRecord()
 
     def unit_magnitude(self, model: nn.Module, groups: Sequence[UnitGroup]) -> dict[str, torch.Tensor]:
         return {

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from prunekit.graph.layers import score_layers
-from prunekit.inputs import call_model
+from prunekit.inputs import call_model, to_device
 from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 
 
@@ -33,7 +33,8 @@ def removal_costs(
     model: nn.Module, blocks: Sequence[str], data: Iterable, loss_fn: LossFn | None = None, num_batches: int = 8
 ) -> dict[str, float]:
     """Per block, the loss increase on up to `num_batches` batches of `data` when it alone is
-    skipped (``prunekit.graph.layers.score_layers``); every block is put back afterwards.
+    skipped (``prunekit.graph.layers.score_layers``); every block is put back afterwards. The
+    first batch's inputs serve as example inputs for blocks found by running the model.
 
     >>> from prunekit.zoo import build_model
     >>> model = build_model("resnet20", (1, 8, 8), 10).eval()
@@ -42,4 +43,7 @@ def removal_costs(
     ['layer1.1', 'layer3.2']
     """
     batches = list(itertools.islice(iter(data), num_batches))  # the same batches for every block
-    return score_layers(model, list(blocks), lambda net: -mean_loss(net, batches, loss_fn))
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    example_inputs = to_device(batches[0][0], device) if batches else None  # for blocks found by running
+    return score_layers(model, list(blocks), lambda net: -mean_loss(net, batches, loss_fn), example_inputs)
