@@ -17,7 +17,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import replay
 from prunekit.graph.layers import find_layer_candidates, layer_masks, remove_layers
 from prunekit.inputs import call_model, model_outputs
-from prunekit.masking import apply_masks as prunekit_apply
+from prunekit.masking import apply_masks
 from prunekit.pruner import prune
 
 
@@ -133,6 +133,13 @@ def test_layer_masking_equals_removal(name):
     assert result.params_after < result.params_before
 
 
+def test_without_example_inputs_layers_of_config_counted_lists_built_alike_are_offered():
+    swin, _ = build("swin")  # its last stage (downsample=None) is a stage, not a residual block
+    assert find_layer_candidates(swin) == ["encoder.layers.0.blocks.1", "encoder.layers.1.blocks.1"]
+    convnext, _ = build("convnext")  # config.num_stages counts its stages, which are built differently
+    assert find_layer_candidates(convnext) == SUPPORTED["convnext"][0]
+
+
 def test_llama_layers_are_renumbered_and_the_key_value_cache_still_works():
     model, inputs = build("llama")
     remove_layers(model, ["model.layers.0"], inputs)
@@ -151,7 +158,7 @@ def test_swin_first_block_of_a_stage_stays_its_window_shift_would_change(tmp_pat
         remove_layers(model, ["encoder.layers.0.blocks.0"], inputs)
     assert same_state(model, original) and repr(model) == repr(original)
     masks = layer_masks(model, ["encoder.layers.0.blocks.1"], inputs)
-    masked = prunekit_apply(copy.deepcopy(model), masks)
+    masked = apply_masks(copy.deepcopy(model), masks)
     remove_layers(model, ["encoder.layers.0.blocks.1"], inputs)
     assert model.config.depths == [1, 2] and model.encoder.layers[0].blocks[0].shift_size == 0
     torch.testing.assert_close(output(masked, inputs), output(model, inputs), atol=1e-5, rtol=1e-5)

@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.probe import ModuleRun, probe_modules
-from prunekit.graph.stacks import CountedStack, layer_structure, counted_stacks
+from prunekit.graph.stacks import CountedStack, counted_stacks, layer_structure
 
 SHORTCUT_ATTRS = ("shortcut", "downsample")
 
@@ -109,17 +109,14 @@ def _structural_blocks(model: nn.Module, search: BlockSearch, layers: set[str]) 
             search.blocks[name] = Block(name, "residual")
 
 
-def _without_twin(model: nn.Module, block: Block) -> bool:
-    """A counted layer built like no other layer of its list (a stage, not a repeated layer)."""
-    shapes = layer_structure(model.get_submodule(block.name))
-    return not any(layer_structure(layer) == shapes for index, layer in enumerate(block.stack) if index != block.index)
-
-
-def _run_problem(run: ModuleRun) -> str | None:
+def _run_problem(block: Block, run: ModuleRun) -> str | None:
     if run.calls != 1:
         return f"it ran {run.calls} times on the example inputs (a removable block runs exactly once)"
     if not run.keeps_shape:
         return "its output is not shaped like its input on the example inputs, so skipping it breaks shapes"
+    if block.kind == "residual" and not run.identity_when_zeroed:
+        return ("with its parameters zero it does not return its input, so its shortcut / downsample "
+                "attribute does not mark a residual block f(x) + x")
     return None
 
 
@@ -152,13 +149,13 @@ def _param_count(model: nn.Module, name: str) -> int:
     return sum(1 for _ in model.get_submodule(name).parameters())
 
 
-def _choose_nested(model: nn.Module, search: BlockSearch) -> None:
+def _choose_nested(model: nn.Module, search: BlockSearch, owners: set[str]) -> None:
     """Of nested found / residual blocks keep one unit per place: a module holding two or more
     blocks is a stage (keep the blocks); a wrapper whose parameters all sit in the one block it
     holds gives way to that block; a block whose one inner look-alike is only part of it (an
     inverted residual's projection that adds the input back) is kept whole."""
     nestable = [name for name, block in search.blocks.items() if block.kind in ("found", "residual")]
-    layers = [name for name in search.blocks if name not in nestable]
+    layers = owners | {name for name in search.blocks if name not in nestable}
     for name in nestable:  # a stage holding transformer or config-counted layers
         if any(layer.startswith(name + ".") for layer in layers):
             del search.blocks[name]
@@ -197,15 +194,16 @@ def search_blocks(model: nn.Module, example_inputs: object = None) -> BlockSearc
     _structural_blocks(model, search, layers)
     if example_inputs is None:
         for name, block in list(search.blocks.items()):
-            if block.kind == "counted" and _without_twin(model, block):
+            if block.kind == "counted" and block.index not in block.counted.twins:
                 search.refused[name] = ("no other layer of its list is built like it (a stage, not a repeated "
                                         "layer?); pass example_inputs to check that it keeps its input's shape")
                 del search.blocks[name]
+        _choose_nested(model, search, layers)
         return search
     runs = probe_modules(model, example_inputs)
     search.probed = True
     for name, block in list(search.blocks.items()):
-        problem = _run_problem(runs[name])
+        problem = _run_problem(block, runs[name])
         if problem:
             search.refused[name] = problem
             del search.blocks[name]
@@ -215,7 +213,7 @@ def search_blocks(model: nn.Module, example_inputs: object = None) -> BlockSearc
     _found_blocks(model, search, runs, owners)
     order = {name: position for position, (name, _) in enumerate(model.named_modules())}
     search.blocks = dict(sorted(search.blocks.items(), key=lambda item: order[item[0]]))
-    _choose_nested(model, search)
+    _choose_nested(model, search, owners)
     return search
 
 

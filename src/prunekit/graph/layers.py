@@ -8,8 +8,9 @@ exists (:mod:`prunekit.graph.block_masks`); ``remove_layers`` removes blocks and
 
 Removal: a layer of a list the model's config counts is deleted from the list, the count is
 lowered (``config.num_hidden_layers``, ``n_layer``, ``depths[i]``) and the layers that move up
-take the attributes of their new place (``layer_idx``, Swin's window shift), so a Hugging Face
-model still saves and reloads with plain ``save_pretrained`` / ``from_pretrained``; a layer of an
+take the bookkeeping attributes of their new place (``layer_idx``), so a Hugging Face model still
+saves and reloads with plain ``save_pretrained`` / ``from_pretrained`` (layers whose removal would
+change what a moving layer computes, like Swin's alternating window shift, are not offered); a layer of an
 ``nn.TransformerEncoder`` is deleted and ``num_layers`` lowered; any other block becomes a
 ``SkippedBlock`` (an ``nn.Identity`` that ignores extra arguments).
 """

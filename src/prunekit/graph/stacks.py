@@ -74,6 +74,7 @@ class CountedStack:
     counter: Counter
     refusals: dict[int, str] = field(default_factory=dict)
     fresh: bool = True
+    twins: frozenset[int] = frozenset()  # layers built like another layer of the list (by the config)
 
 
 @contextlib.contextmanager
@@ -121,6 +122,11 @@ def _homogeneous_lists(model: nn.Module) -> dict[str, nn.Module]:
 
 def layer_structure(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+
+
+def _twins(layers: nn.Module) -> frozenset[int]:
+    shapes = [layer_structure(layer) for layer in layers]
+    return frozenset(i for i, shape in enumerate(shapes) if shapes.count(shape) > 1)
 
 
 def _plain_attributes(module: nn.Module) -> dict[tuple[str, str], object]:
@@ -192,12 +198,12 @@ def counted_stacks(model: nn.Module) -> dict[str, CountedStack]:
         fresh_lists = dict(fresh_new.named_modules())
         for name in matching:
             if isinstance(fresh_lists.get(name), type(lists[name])) and len(fresh_lists[name]) == count - 1:
-                stacks[name] = CountedStack(name, lists[name], counter)
+                stacks[name] = CountedStack(name, lists[name], counter, twins=_twins(fresh_old.get_submodule(name)))
                 _check_one_removal(stacks[name], fresh_old, fresh_new)
     if fresh_old is None and isinstance(getattr(config, "num_hidden_layers", None), int):
         for name, module in lists.items():  # cannot rebuild: trust the usual layer list names
             if name.rpartition(".")[2] in ("layer", "layers") and len(module) == config.num_hidden_layers:
-                stacks[name] = CountedStack(name, module, Counter("num_hidden_layers"), fresh=False)
+                stacks[name] = CountedStack(name, module, Counter("num_hidden_layers"), fresh=False, twins=_twins(module))
     return stacks
 
 
