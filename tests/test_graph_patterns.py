@@ -12,13 +12,14 @@ import time
 import pytest
 import torch
 from torch import nn
+from torch_pruning import ops
 
 import prunekit
 from prunekit.graph import find_unit_groups
 from prunekit.graph.trace import trace_graph
 from prunekit.graph.walk import WalkDidNotSettle, walk_group
 from prunekit.layers import handler_for
-from prunekit.masking import tied_names
+from prunekit.ties import tied_names
 
 
 def _removal_equals_masking(model: nn.Module, x: torch.Tensor, granularity: str, sparsity: float = 0.5):
@@ -62,14 +63,14 @@ def test_chunk_keeps_its_pieces_equal_by_tying_unit_j_of_every_piece():
     assert model.inp.out_features == 4 and model.a.in_features == model.b.in_features == 2  # 2 of 4 units
 
 
-def test_branches_read_the_piece_they_read_before_removal():
-    # torch-pruning pairs a split's consumers with pieces in discovery order; 'b' (second piece)
-    # is found first here. The group must give 'a' columns of piece 0 and 'b' those of piece 1.
+def test_split_consumers_are_ordered_by_the_piece_they_read():
+    # torch-pruning pairs a split's consumers with its pieces in discovery order, and finds 'b'
+    # (second piece) first here; the trace reorders them so index mapping sends piece i to consumer i
     torch.manual_seed(0)
     model, x = Chunked(), torch.randn(4, 6)
-    (group,) = [g for g in find_unit_groups(model, x, "neuron") if g.name == "inp"]
-    members = {member.param: member for member in group.members}
-    assert members["a.weight"].unit_index.tolist() == members["b.weight"].unit_index.tolist() == [0, 1, 2, 3]
+    traced = trace_graph(model, x)
+    (split,) = [node for node in traced.graph.module2node.values() if node.type == ops.OPTYPE.SPLIT]
+    assert [traced.names.get(out.module) for out in split.outputs] == ["a", "b"]
 
 
 def test_a_split_into_fixed_sizes_is_refused_with_the_reason():

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from prunekit.errors import PrunekitError
 from prunekit.layers import handler_for
+from prunekit.ties import spread_to_ties, tied_names
 
 Masks = dict[str, torch.Tensor]
 
@@ -84,29 +85,6 @@ def original_parameter(model: nn.Module, fqn: str) -> torch.Tensor:
     return getattr(module, param_name)
 
 
-def tied_names(model: nn.Module) -> dict[str, list[str]]:
-    """For every parameter held by more than one module (tied weights, e.g. an LM head sharing the
-    input embedding), its name -> all names of that one tensor, in module order.
-
-    >>> embed, head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
-    >>> head.weight = embed.weight
-    >>> tied_names(nn.ModuleDict({"embed": embed, "head": head}))["head.weight"]
-    ['embed.weight', 'head.weight']
-    """
-    holders: dict[int, list[str]] = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, parametrize.ParametrizationList):
-            continue
-        prefix = f"{module_name}." if module_name else ""
-        params = dict(module._parameters)
-        if parametrize.is_parametrized(module):
-            params |= {name: module.parametrizations[name].original for name in module.parametrizations}
-        for param_name, param in params.items():
-            if param is not None:
-                holders.setdefault(id(param), []).append(prefix + param_name)
-    return {name: names for names in holders.values() if len(names) > 1 for name in names}
-
-
 def _mask_parametrization(module: nn.Module, param_name: str) -> KeepMask | None:
     if not parametrize.is_parametrized(module, param_name):
         return None
@@ -159,7 +137,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str 
     2
     """
     validate_masks(model, masks)
-    masks = _spread_to_ties(model, masks)
+    masks = spread_to_ties(model, masks)
     if owner is not None:
         refuse_foreign_masks(model, owner, masks)
     shared: dict[int, torch.Tensor] = {}  # tied names share one mask tensor, seen by every use
@@ -178,21 +156,6 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str 
             _own_class(module)
             parametrize.register_parametrization(module, param_name, keep, unsafe=True)
     return model
-
-
-def _spread_to_ties(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`masks` with every tied name of a masked parameter masked alike (the AND of their masks)."""
-    ties = tied_names(model)
-    spread = dict(masks)
-    for fqn, keep_mask in masks.items():
-        for alias in ties.get(fqn, ()):
-            other = spread.get(alias)
-            both = keep_mask if other is None or other is keep_mask else keep_mask & other.to(keep_mask.device)
-            spread[alias] = both
-    for fqn in masks:
-        for alias in ties.get(fqn, ()):  # every alias ends with the AND over all of them
-            spread[alias] = spread[fqn] = spread[alias] & spread[fqn]
-    return spread
 
 
 def _param_order(module: nn.Module) -> tuple[str, ...]:

@@ -26,7 +26,8 @@ from prunekit.layers import handler_for, prunable_weights
 from prunekit.layers.base import nnz
 from prunekit.macs import MacCounts, count_macs, direct_parameters, is_parametrization_internal, macs_by_module
 from prunekit.state import preserved_modes
-from prunekit.masking import get_masks, named_effective_parameters, original_parameter, tied_names
+from prunekit.masking import get_masks, named_effective_parameters, original_parameter
+from prunekit.ties import tied_names
 
 __all__ = [
     "LayerSummary",

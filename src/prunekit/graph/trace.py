@@ -143,13 +143,14 @@ class _Graph(tp.DependencyGraph):
     and with each split's consumers in the order of the pieces they read, before it maps indices
     through them (torch-pruning pairs the i-th consumer it found with the i-th piece)."""
 
-    recorded: _OpRecorder | None = None
-    #: split nodes whose pieces cannot be told apart (a piece unused or read twice by one consumer)
-    unmapped_splits: set = set()
+    def __init__(self, recorded: _OpRecorder) -> None:
+        super().__init__()
+        self.recorded = recorded
+        #: split nodes whose pieces cannot be told apart (a piece unused or read twice by one consumer)
+        self.unmapped_splits: set = set()
 
     def _build_dependency(self, module2node):
         super()._build_dependency(module2node)
-        self.unmapped_splits = set()
         for node in module2node.values():
             if node.type == ops.OPTYPE.CONCAT and node.grad_fn in self.recorded.sizes:
                 node.module.concat_sizes = self.recorded.sizes[node.grad_fn]
@@ -192,8 +193,7 @@ def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
         return tensors
 
     tracker, recorder = _CallTracker(), _OpRecorder()
-    graph = _Graph()
-    graph.recorded = recorder
+    graph = _Graph(recorder)
     with _tracing_state(model), rnn_boundaries(model), tracker.watch(model), torch.enable_grad():
         try:
             with warnings.catch_warnings(), recorder:

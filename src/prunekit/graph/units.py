@@ -102,9 +102,9 @@ def _check_split(traced: TracedGraph, node) -> bool:
     return True
 
 
-def _chunk_batch(node, item) -> SliceBatch:
+def _chunk_batch(traced: TracedGraph, node, item) -> SliceBatch:
     """Ties unit j of every chunk together, so every chunk loses the same units and stays equal."""
-    width = node.module.offsets[1] - node.module.offsets[0]
+    width = traced.graph.recorded.cuts[node.grad_fn][1][0]  # _check_split: all pieces this wide
     local = [idx % width for idx in item.idxs]
     return slice_batch(f"#chunk:{node.name}", 0, width, local, item.root_idxs)
 
@@ -117,7 +117,7 @@ def _collect(traced: TracedGraph, tp_group, excluded: set[nn.Module], attention:
             continue
         node = item.dep.target
         if node.type == ops.OPTYPE.SPLIT:
-            batches.append(_chunk_batch(node, item))
+            batches.append(_chunk_batch(traced, node, item))
             continue
         if node.type == ops.OPTYPE.PARAMETER:
             param_name = traced.graph._param_to_name[node.module]
