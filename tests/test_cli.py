@@ -82,3 +82,16 @@ def test_info_shows_a_users_own_channel_pruned_model(tmp_path, capsys):
     removed = sum(len(step["removed"]) for step in result.shrink_record.steps)
     assert "user_models:SmallNet (input (1, 8, 8), kwargs {'width': 8})" in out and "None classes" not in out
     assert f"{removed} channels removed" in out
+
+
+def test_compare_passes_schedule_distill_and_tolerance_to_the_runs(tmp_path, capsys):
+    common = ["compare", "--model", "lenet300", "--dataset", "digits", "--methods", "magnitude", "--seeds", "0",
+              "--train-epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    code = main([*common, "--sparsity", "0.5", "--finetune-epochs", "1", "--schedule", "agp", "--distill",
+                 "--out", str(tmp_path / "agp")])
+    assert code == 0
+    (run,) = json.loads((tmp_path / "agp" / "results.json").read_text())["runs"]
+    assert (run["schedule"], run["distill"], run["sparsity_achieved"]) == ("agp", True, 0.5)
+    code = main([*common, "--sparsity", "0.5", "--finetune-epochs", "0", "--tolerance", "1",
+                 "--out", str(tmp_path / "bad")])
+    assert code == 2 and "--schedule iterative" in capsys.readouterr().err

@@ -6,6 +6,8 @@
 0.5
 """
 
+from prunekit.allocation import allocate, prune_to_budget
+from prunekit.budget import Allocation, Budget
 from prunekit.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from prunekit.criteria import CRITERIA, get_criterion
 from prunekit.errors import PrunekitError
@@ -14,8 +16,11 @@ from prunekit.masking import apply_masks, bake, get_masks
 from prunekit.metrics import count_macs, count_params, measure_latency, summary
 from prunekit.pruner import Pruner, finalize, prune, remove_masked_units
 from prunekit.request import PruneOptions
-from prunekit.schedules import OneShot, Schedule
-from prunekit.select import SelectionRule, select, select_by_ratio, select_by_threshold
+from prunekit.recovery import Distillation
+from prunekit.schedules import GradientThreshold, Iterative, Lottery, OneShot, Polynomial, Schedule
+from prunekit.search import SparsitySearch, search_sparsity
+from prunekit.select import SelectionRule, lamp_scores, select, select_by_ratio, select_by_threshold
+from prunekit.sensitivity import SensitivityResult, layer_sensitivity, load_sensitivity
 from prunekit.stats import collect, collect_gradient_stats
 from prunekit.types import PruneResult, SparsityReport
 
@@ -24,15 +29,25 @@ __version__ = "0.1.0"
 __all__ = [
     "CRITERIA",
     "GRANULARITIES",
+    "Allocation",
     "ArchSpec",
+    "Budget",
+    "Distillation",
+    "GradientThreshold",
+    "Iterative",
+    "Lottery",
     "OneShot",
+    "Polynomial",
     "PruneOptions",
     "PruneResult",
     "Pruner",
     "PrunekitError",
     "Schedule",
     "SelectionRule",
+    "SensitivityResult",
     "SparsityReport",
+    "SparsitySearch",
+    "allocate",
     "apply_masks",
     "bake",
     "collect",
@@ -43,11 +58,16 @@ __all__ = [
     "get_criterion",
     "get_granularity",
     "get_masks",
+    "lamp_scores",
+    "layer_sensitivity",
     "load_checkpoint",
+    "load_sensitivity",
     "measure_latency",
     "prune",
+    "prune_to_budget",
     "remove_masked_units",
     "save_checkpoint",
+    "search_sparsity",
     "select",
     "select_by_ratio",
     "select_by_threshold",

@@ -23,6 +23,18 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2; got {text!r}") from None
 
 
+def _round_to(text: str) -> int | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or an integer >= 1 such as 8; got {text!r}")
+    return value
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -32,8 +44,9 @@ def _run_and_report(config, out_dir: str) -> None:
     from prunekit.report import format_table
 
     def show(run: dict) -> None:
+        rounded = f", kept units per layer a multiple of {run['round_to']}" if run.get("round_to") else ""
         print(f"  seed {run['seed']} {run['method']:<14} {run['sparsity_target']:.0%}: "
-              f"accuracy {100 * run['accuracy']:.2f}% (dense {100 * run['accuracy_dense']:.2f}%)", flush=True)
+              f"accuracy {100 * run['accuracy']:.2f}% (dense {100 * run['accuracy_dense']:.2f}%){rounded}", flush=True)
 
     runs = run_compare(config, on_run=show)
     path = write_results(out_dir, config, runs)
@@ -52,7 +65,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         scope=args.scope, granularity=args.granularity, seeds=args.seeds,
         finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         exclude=args.exclude, train_epochs=args.train_epochs, cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=not args.no_progress, round_to=args.round_to,
+        schedule=args.schedule, distill=args.distill, tolerance=args.tolerance,
+        allocation=args.allocation, budget=args.budget,
     )
     _run_and_report(config, args.out)
 
@@ -129,9 +144,30 @@ def _cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name:<18} {description}")
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> None:
+    from prunekit.sensitivity import write_sensitivity
+    from prunekit.zoo_sensitivity import SensitivityConfig, run_sensitivity
+
+    config = SensitivityConfig(
+        model=args.model, dataset=args.dataset, granularity=args.granularity, method=args.method,
+        sparsities=args.sparsities, seed=args.seed, train_epochs=args.train_epochs, cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    result = run_sensitivity(config)
+    json_path, png_path = write_sensitivity(result, args.out)
+    print(f"{config.model} on {config.dataset}: each {result.granularity} layer pruned alone by {result.method}, "
+          f"no fine-tuning; {result.metric_name} on the {result.split} split (dense {100 * result.dense_metric:.2f}%)")
+    width = max(len(name) for name in result.layers)
+    print(f"{'layer':<{width}}  units   " + "  ".join(f"{sparsity:>6.0%}" for sparsity in result.sparsities))
+    for name, curve in result.layers.items():
+        print(f"{name:<{width}}  {curve.num_units:>6,}  " + "  ".join(f"{100 * value:6.2f}" for value in curve.metric))
+    print(f"\nwritten: {json_path} and {png_path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for the ``prunekit`` command."""
     from prunekit.granularity import GRANULARITIES
+    from prunekit.recovery import SCHEDULE_NAMES
 
     parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,8 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--model", required=True, help="zoo model name, see 'prunekit list'")
     compare.add_argument("--dataset", required=True, help="bundled dataset name, see 'prunekit list'")
     compare.add_argument("--methods", type=_names, required=True, help="comma-separated, see 'prunekit methods'")
-    compare.add_argument("--sparsity", type=_floats, required=True, help="comma-separated targets in [0, 1)")
-    compare.add_argument("--scope", default="global", choices=("global", "layer"))
+    compare.add_argument("--sparsity", type=_floats, default=(),
+                         help="comma-separated targets in [0, 1) (or a --budget, or '@sparsity' in --methods)")
+    compare.add_argument("--scope", default="global", choices=("global", "layer", "lamp"))
+    compare.add_argument("--allocation", default=None, choices=("uniform", "global", "lamp", "sensitivity"),
+                         help="per-layer amounts meeting each sparsity or the --budget (default: as --scope); "
+                              "sensitivity measures each layer's curve on the validation split first")
+    compare.add_argument("--budget", default=None,
+                         help="KIND=VALUE instead of --sparsity, e.g. macs=0.25, params=0.1, sparsity=0.9, "
+                              "latency=0.4 (share of the dense model's, measured on the deployed model)")
     compare.add_argument("--granularity", default="unstructured", choices=tuple(GRANULARITIES),
                          help="for method specs without a 'granularity:' prefix")
     compare.add_argument("--seeds", type=_ints, default=(0,))
@@ -150,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default per model)")
     compare.add_argument("--batch-size", type=int, default=64, help="batch size for latency (default 64)")
     compare.add_argument("--exclude", type=_names, default=(), help="comma-separated layer names to keep dense")
+    compare.add_argument("--round-to", type=_round_to, default="auto",
+                         help="kept channels per layer a multiple of N; 'auto' (default) times this model's "
+                              "kernels to pick N for channel pruning; 'none' leaves counts as selected")
+    compare.add_argument("--schedule", default="oneshot", choices=SCHEDULE_NAMES,
+                         help="when pruning happens: oneshot (before fine-tuning), iterative (3 rounds) or agp "
+                              "(gradual, cubic) or gradient (|grad| summed while training; methods gradient/taylor) "
+                              "inside the first quarter of the fine-tuning budget; lottery (retrains from the "
+                              "initialisation with rewinding, beside a random-reinitialisation control)")
+    compare.add_argument("--tolerance", type=float, default=None,
+                         help="with --schedule iterative: keep raising sparsity while the validation accuracy "
+                              "drop stays within this many points; reports the sparsity reached")
+    compare.add_argument("--distill", action="store_true",
+                         help="fine-tune with distillation from the dense model (soft targets + labels)")
     compare.add_argument("--out", default="runs/compare")
     compare.set_defaults(handler=_cmd_compare)
 
@@ -157,7 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(handler=_cmd_demo)
 
-    for sub in (compare, demo):
+    sensitivity = commands.add_parser("sensitivity", help="accuracy when each layer alone is pruned (no fine-tuning)")
+    sensitivity.add_argument("--model", required=True, help="zoo model name, see 'prunekit list'")
+    sensitivity.add_argument("--dataset", required=True, help="bundled dataset name, see 'prunekit list'")
+    sensitivity.add_argument("--granularity", default="unstructured", choices=("unstructured", "channel", "neuron"))
+    sensitivity.add_argument("--method", default=None, help="default: the granularity's usual criterion")
+    sensitivity.add_argument("--sparsities", type=_floats, default=(0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+                             help="comma-separated sparsities in [0, 1) for each layer (0 is always added)")
+    sensitivity.add_argument("--seed", type=int, default=0, help="which cached baseline (default 0)")
+    sensitivity.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default per model)")
+    sensitivity.add_argument("--out", default="runs/sensitivity", help="folder for sensitivity.json and .png")
+    sensitivity.set_defaults(handler=_cmd_sensitivity)
+
+    for sub in (compare, demo, sensitivity):
         sub.add_argument("--cache-dir", default=None, help="where trained baselines are cached")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

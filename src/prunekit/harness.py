@@ -11,29 +11,35 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunekit.allocation import ALLOCATIONS, allocate, as_budget
+from prunekit.budget import Budget
 from prunekit.data import load_dataset, make_loader
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, unknown_name
 from prunekit.granularity import get_granularity
 from prunekit.io import atomic_write_text
-from prunekit.metrics import count_macs, count_params, measure_latency
+from prunekit.metrics import count_macs, count_params, paired_latency
 from prunekit.hybrid import prune_hybrid
 from prunekit.methods import MethodSpec, parse_method_spec
 from prunekit.callbacks import PrunerCallback
+from prunekit.harness_schedules import lottery_runs, search_run
+from prunekit.recovery import SCHEDULE_NAMES, Distillation, PruningWatch, finetune_lr, schedule_for
 from prunekit.pruner import Pruner, finalize
+from prunekit.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity
 from prunekit.types import PruneResult
+from prunekit.widths import WidthChoice, preferred_channel_multiple
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 
 
-#: Fine-tuning uses the model's training recipe (optimizer, schedule, augmentation) with its
-#: learning rate times this factor; the unaugmented loader feeds data-driven criteria.
-FINETUNE_LR_FACTOR = 0.3
+#: Granularities whose kept counts ``round_to="auto"`` rounds to a measured multiple: convolution
+#: kernels compute output channels in blocks, so irregular channel counts waste time.
+AUTO_ROUND_TO = ("channel",)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,12 @@ class CompareConfig:
     train_epochs: int | None = None
     cache_dir: str | None = None
     progress: bool = True
+    allocation: str | None = None  # per-layer amounts (prunekit.allocation); None: `scope` decides
+    budget: str | None = None  # e.g. "macs=0.25": one run per method, replacing `sparsities`
+    schedule: str = "oneshot"  # see prunekit.recovery.SCHEDULE_NAMES; gradual ones prune inside the budget
+    distill: bool = False  # fine-tune with distillation from the dense baseline
+    tolerance: float | None = None  # iterative search: raise sparsity while the val drop stays within (points)
+    round_to: int | str | None = "auto"  # kept units per layer a multiple of this; "auto": see _round_to
 
 
 @dataclass
@@ -75,29 +87,53 @@ def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return {"params": params, "params_nonzero": params_nonzero, "macs": macs, "macs_nonzero": macs_nonzero}
 
 
-def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: torch.Tensor, rounds: int = 5,
-                   repeats: int = 15) -> tuple[float, float]:
-    """Latency (ms) of both models, measured alternately; returns ``(dense_ms, pruned_ms)``.
+#: The allocation a budget uses when the config names none: the one that matches its scope.
+_SCOPE_ALLOCATIONS = {"layer": "uniform", "global": "global", "lamp": "lamp"}
 
-    Each round times `repeats` forward passes of one model, then of the other, and keeps the
-    median; each model's result is its fastest round. Other load on the machine only ever adds
-    time, so a burst that hits one model's rounds would skew a mean or median of rounds, while
-    the fastest round of each is what the model costs on the quiet machine.
 
-    >>> dense_ms, pruned_ms = paired_latency(nn.Linear(4, 4), nn.Linear(4, 2), torch.ones(8, 4), 1, 3)
-    >>> dense_ms > 0 and pruned_ms > 0
-    True
-    """
-    dense_times, pruned_times = [], []
-    for _ in range(rounds):
-        dense_times.append(measure_latency(dense, inputs, warmup=3, repeats=repeats))
-        pruned_times.append(measure_latency(pruned, inputs, warmup=3, repeats=repeats))
-    return min(dense_times), min(pruned_times)
+def _check_allocation(config: CompareConfig, specs: list[MethodSpec]) -> None:
+    """Refuse, before any training, an allocation or budget the methods cannot run."""
+    if config.allocation is None and config.budget is None:
+        return
+    if config.allocation is not None and config.allocation not in ALLOCATIONS:
+        raise unknown_name("allocation", config.allocation, ALLOCATIONS)
+    if config.budget is not None:
+        as_budget(config.budget)
+        if config.sparsities:
+            raise PrunekitError(f"a budget ({config.budget}) replaces the sparsity list; give one of them")
+    for spec in specs:
+        if spec.granularity == "hybrid":
+            raise PrunekitError(f"'{spec.label}' is a two-stage recipe; run hybrid methods without an allocation "
+                                "or budget")
+        if config.budget is not None and spec.sparsity is not None:
+            raise PrunekitError(f"'{spec.label}' fixes its sparsity; with a budget leave out the '@sparsity'")
+
+
+def _goal(model: nn.Module, spec: MethodSpec, sparsity: float | None, config: CompareConfig, seed: int,
+          data, val_loader, example: torch.Tensor, round_to: int | None) -> dict:
+    """The Pruner's target: `sparsity` in `config.scope`, or with an allocation or a budget each
+    layer's own amount (``allocation="sensitivity"`` measures the curves on the validation split)."""
+    if config.allocation is None and config.budget is None:
+        return {"sparsity": sparsity, "scope": config.scope}
+    allocation = config.allocation or _SCOPE_ALLOCATIONS[config.scope]
+    budget = config.budget if config.budget is not None else Budget("sparsity", sparsity)
+    options = {"exclude": config.exclude, "seed": seed, "round_to": round_to}
+    curves = None
+    if allocation == "sensitivity":
+        curves = layer_sensitivity(model, lambda pruned: evaluate(pruned, val_loader), DEFAULT_SPARSITIES,
+                                   spec.method, spec.granularity, data, example, **options)
+    if as_budget(budget).kind == "latency":  # timed at the latency batch size, as the runs report it
+        example = next(iter(val_loader))[0][:config.batch_size]
+    allocated = allocate(model, budget, allocation, method=spec.method, granularity=spec.granularity, data=data,
+                         example_inputs=example, sensitivity=curves, **options)
+    return {"layer_sparsity": allocated.layer_sparsity, "scope": "layer"}
 
 
 def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: CompareConfig, seed: int,
-                   data_loaders, example: torch.Tensor) -> tuple[PruneResult, list[Pruner]]:
-    """Prune `model` as `spec` says; returns the result and the Pruners that stay with training."""
+                   data_loaders, example: torch.Tensor, round_to: int | None = None
+                   ) -> tuple[PruneResult | None, list[Pruner]]:
+    """Prune `model` as `spec` says; returns the result (None while a schedule has yet to prune)
+    and the Pruners that stay with training."""
     train_loader, val_loader = data_loaders
     if spec.granularity == "hybrid":
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
@@ -105,34 +141,115 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
     # the loss when units are removed is measured on held-out data, everything else on training data
     needs = get_granularity(spec.granularity).criterion(spec.method).needs
     data = val_loader if needs == "removal-loss" else train_loader
+    goal = _goal(model, spec, sparsity, config, seed, data, val_loader, example, round_to)
+    if config.schedule != "oneshot":  # pruning happens inside the fine-tuning budget; units masked until finalize
+        schedule = schedule_for(config.schedule, config.finetune_epochs * len(train_loader))
+        return None, [Pruner(model, spec.method, granularity=spec.granularity, **goal,
+                             data=data, example_inputs=example, exclude=config.exclude, seed=seed,
+                             round_to=round_to, schedule=schedule)]
     # one-shot: structured units go at once, so fine-tuning runs on the small model
-    pruner = Pruner(model, spec.method, sparsity, granularity=spec.granularity, scope=config.scope, data=data,
-                    example_inputs=example, exclude=config.exclude, seed=seed, remove=True)
+    pruner = Pruner(model, spec.method, granularity=spec.granularity, **goal, data=data,
+                    example_inputs=example, exclude=config.exclude, seed=seed, round_to=round_to, remove=True)
     return pruner.step(), [pruner]
 
 
-def _fine_tune(model: nn.Module, config: CompareConfig, seed: int, train_loader, pruners: list[Pruner]) -> float:
-    """Fine-tune with the model's recipe, driving the live Pruners from the loop; returns the lr."""
+def _round_to(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
+              data_loaders, tensors, cache: dict) -> tuple[int | None, WidthChoice | None]:
+    """The run's ``round_to``: the config's number where the granularity rounds unit counts; with
+    ``"auto"`` and a granularity in AUTO_ROUND_TO, the multiple that times best on this model
+    (prunekit.widths: copies pruned one-shot with each candidate, timed against the baseline at
+    the latency batch), measured once per granularity and target and kept in `cache`."""
+    if spec.granularity == "hybrid" or not get_granularity(spec.granularity).supports_round_to:
+        return None, None
+    if config.allocation is not None or config.budget is not None:  # allocated amounts are not probed
+        return (None if config.round_to == "auto" else config.round_to), None
+    if config.round_to != "auto":
+        return config.round_to, None
+    if spec.granularity not in AUTO_ROUND_TO:
+        return None, None
+    example, latency_batch = tensors
+    one_shot = replace(config, schedule="oneshot")
+
+    def prune_copy(round_to: int | None) -> nn.Module:
+        model = copy.deepcopy(baseline.model)
+        _start_pruning(model, spec, sparsity, one_shot, seed, data_loaders, example, round_to)
+        return model
+
+    choice = preferred_channel_multiple(baseline.model, prune_copy, latency_batch, cache=cache,
+                                        cache_key=(spec.granularity, config.scope, sparsity))
+    return choice.round_to, choice
+
+
+def _fine_tune(model: nn.Module, config: CompareConfig, seed: int, train_loader, pruners: list[Pruner],
+               teacher: nn.Module, watch: PruningWatch) -> float:
+    """Fine-tune with the model's recipe, driving the live Pruners from the loop (distilling
+    from `teacher` with ``config.distill``); returns the lr."""
     train_config = default_train_config(config.model, config.dataset)
-    lr = config.finetune_lr if config.finetune_lr is not None else train_config.lr * FINETUNE_LR_FACTOR
+    lr = config.finetune_lr if config.finetune_lr is not None else finetune_lr(config.model, train_config.lr)
     if config.finetune_epochs > 0:
         finetune_loader = make_loader(train_loader.dataset, train_config.batch_size, shuffle=True, seed=seed,
                                       augment_shift=train_config.augment_shift)
         train(model, finetune_loader, epochs=config.finetune_epochs, lr=lr, optimizer=train_config.optimizer,
               weight_decay=train_config.weight_decay, lr_schedule=train_config.lr_schedule, seed=seed,
-              progress=config.progress, callbacks=[PrunerCallback(pruner) for pruner in pruners])
+              progress=config.progress, loss_fn=Distillation(teacher) if config.distill else None,
+              callbacks=[*(PrunerCallback(pruner) for pruner in pruners), watch])
     return lr
 
 
 def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
-             loaders, tensors) -> dict:
+             loaders, tensors, width_cache: dict) -> dict:
     train_loader, val_loader, test_loader = loaders
     example, latency_batch = tensors
+    round_to, width_choice = _round_to(config, spec, sparsity, seed, baseline, (train_loader, val_loader), tensors,
+                                       width_cache)
     model = copy.deepcopy(baseline.model)
-    result, pruners = _start_pruning(model, spec, sparsity, config, seed, (train_loader, val_loader), example)
-    lr = _fine_tune(model, config, seed, train_loader, pruners)
+    result, pruners = _start_pruning(model, spec, sparsity, config, seed, (train_loader, val_loader), example,
+                                     round_to)
+    watch = PruningWatch(pruners, lambda: evaluate(model, test_loader))
+    if result is not None:  # one-shot: the accuracy right after pruning, before any recovery
+        watch.measured, watch.seconds = evaluate(model, test_loader), result.seconds
+    lr = _fine_tune(model, config, seed, train_loader, pruners, baseline.model, watch)
+    if result is None:
+        result = pruners[0].last_result
+        if result is None or not pruners[0].done:
+            raise PrunekitError(f"schedule '{config.schedule}' did not finish pruning within "
+                                f"{config.finetune_epochs} fine-tune epoch(s); give more epochs")
     for pruner in pruners:
         pruner.finalize()
+    return _record(config, spec, (sparsity, seed), baseline, model, result, tensors, test_loader, {
+        "round_to": round_to,
+        "round_to_probes": width_choice.to_dict()["probes"] if width_choice is not None else None,
+        "prune_seconds": watch.seconds,
+        "accuracy_pruned": watch.measured,
+        "epochs_spent": config.finetune_epochs,
+        "finetune_lr": lr,
+    })
+
+
+def _runs(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, baseline: _Baseline,
+          loaders, tensors, width_cache: dict) -> list[dict]:
+    """The runs of one (spec, sparsity, seed): one, or a lottery ticket and its control."""
+    train_loader, val_loader, test_loader = loaders
+
+    def record(model: nn.Module, result: PruneResult, fields: dict) -> dict:
+        return _record(config, spec, (sparsity, seed), baseline, model, result, tensors, test_loader, fields)
+
+    if config.schedule == "lottery":
+        return lottery_runs(config, spec, sparsity, seed, tensors[0], record)
+    if config.tolerance is not None:
+        def fine_tune(model: nn.Module, pruner: Pruner) -> None:
+            _fine_tune(model, config, seed, train_loader, [], baseline.model, PruningWatch([], lambda: None))
+
+        return [search_run(config, spec, sparsity, seed, baseline.model, val_loader, fine_tune, tensors[0], record)]
+    return [_one_run(config, spec, sparsity, seed, baseline, loaders, tensors, width_cache)]
+
+
+def _record(config: CompareConfig, spec: MethodSpec, where: tuple, baseline: _Baseline, model: nn.Module,
+            result: PruneResult, tensors, test_loader, fields: dict) -> dict:
+    """One run's results, measured on `model` as it would ship (masks baked); `where` is
+    ``(sparsity, seed)``, `fields` what the kind of run adds."""
+    sparsity, seed = where
+    example, latency_batch = tensors
     finalize(model)  # as it would ship: the masks a hybrid run leaves are baked in too
     latency_dense, latency = paired_latency(baseline.model, model, latency_batch)
     return {
@@ -141,7 +258,11 @@ def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int
         "method": spec.label,
         "granularity": spec.granularity,
         "scope": config.scope,
-        "sparsity_target": sparsity,
+        "allocation": (config.allocation or _SCOPE_ALLOCATIONS[config.scope]
+                       if config.allocation is not None or config.budget is not None else None),
+        "budget": config.budget,
+        "layer_sparsity": result.layer_sparsity,
+        "sparsity_target": sparsity if sparsity is not None else result.sparsity_target,
         "unit_sparsity": spec.sparsity if spec.granularity == "hybrid" else None,
         "seed": seed,
         "sparsity_achieved": result.sparsity_achieved,
@@ -155,18 +276,50 @@ def _one_run(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int
         "accuracy_dense": baseline.accuracy,
         "latency_ms": latency,
         "latency_dense_ms": latency_dense,
+        "latency_per_mac": _latency_per_mac(latency_dense, latency, baseline.macs, model, example),
         "batch_size": config.batch_size,
-        "prune_seconds": result.seconds,
+        "schedule": config.schedule,
+        "distill": config.distill,
         "finetune_epochs": config.finetune_epochs,
-        "finetune_lr": lr,
         "shrink_record": result.shrink_record.to_dict() if result.shrink_record is not None else None,
+        **fields,
     }
 
 
-def _runs_for(spec: MethodSpec, config: CompareConfig) -> tuple[float, ...]:
+def _latency_per_mac(latency_dense: float, latency: float, macs_dense: int, model: nn.Module,
+                     example: torch.Tensor) -> float:
+    """Speedup / MAC reduction: 1.0 when latency falls exactly as the MACs do."""
+    macs_nonzero = count_macs(model, example)[1]
+    return (latency_dense / latency) / (macs_dense / macs_nonzero) if macs_nonzero else float("nan")
+
+
+def _runs_for(spec: MethodSpec, config: CompareConfig) -> tuple[float | None, ...]:
+    if config.budget is not None:  # one run per method: the budget decides how much goes
+        return (None,)
     if spec.granularity == "hybrid":
         return (spec.weight_sparsity,) if spec.weight_sparsity is not None else config.sparsities
     return (spec.sparsity,) if spec.sparsity is not None else config.sparsities
+
+
+def _check_schedule(config: CompareConfig, specs: list[MethodSpec]) -> None:
+    """Refuse, before any training, a schedule the methods or the budget cannot run."""
+    if config.schedule not in SCHEDULE_NAMES:
+        raise unknown_name("schedule", config.schedule, SCHEDULE_NAMES)
+    if config.tolerance is not None and (config.schedule != "iterative" or not config.tolerance >= 0):
+        raise PrunekitError(f"--tolerance {config.tolerance} asks for the sparsity search: use it with --schedule "
+                            "iterative and a tolerance >= 0 (points of accuracy)")
+    if config.schedule == "oneshot":
+        return
+    if config.schedule != "lottery" and config.tolerance is None and config.finetune_epochs < 1:
+        raise PrunekitError(f"schedule '{config.schedule}' prunes during fine-tuning; give --finetune-epochs >= 1")
+    for spec in specs:
+        if spec.granularity == "hybrid":
+            raise PrunekitError(f"'{spec.label}' is a two-stage recipe pruned once; run hybrid methods with "
+                                "--schedule oneshot")
+        if config.schedule == "gradient" and (spec.granularity != "unstructured"
+                                              or spec.method not in ("gradient", "taylor")):
+            raise PrunekitError(f"schedule 'gradient' prunes weights by the |gradient| summed while training: use "
+                                f"--methods gradient (or taylor), unstructured; got '{spec.label}'")
 
 
 def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = None) -> list[dict]:
@@ -181,13 +334,23 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
         if not 0.0 <= sparsity < 1.0:
             raise PrunekitError(f"every sparsity must lie in [0, 1); got {sparsity}")
     specs = [parse_method_spec(text, config.granularity) for text in config.methods]
+    _check_schedule(config, specs)
+    _check_allocation(config, specs)
+    for spec in specs:
+        if not _runs_for(spec, config):
+            raise PrunekitError(f"method '{spec.label}' has no sparsity to run: give sparsities (--sparsity), a "
+                                f"budget (--budget) or write it as '{spec.label}@0.9'")
+    round_to = config.round_to
+    if not (round_to in ("auto", None) or (isinstance(round_to, int) and not isinstance(round_to, bool)
+                                           and round_to >= 1)):
+        raise PrunekitError(f"round_to must be 'auto', None or an int >= 1 (e.g. 8); got {round_to!r}")
     splits = load_dataset(config.dataset)
     train_config = default_train_config(config.model, config.dataset)
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
     val_loader = make_loader(splits.val, batch_size=256, shuffle=False)
     example = splits.test.tensors[0][:2]
     latency_batch = splits.test.tensors[0][: config.batch_size]
-    runs = []
+    runs, width_cache = [], {}  # round_to="auto": one measurement per granularity and target
     for seed in config.seeds:
         model, meta = get_baseline(config.model, config.dataset, seed, epochs=config.train_epochs,
                                    cache_dir=config.cache_dir, progress=config.progress)
@@ -196,11 +359,12 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
         train_loader = make_loader(splits.train, batch_size=train_config.batch_size, shuffle=True, seed=seed)
         for spec in specs:
             for sparsity in _runs_for(spec, config):
-                run = _one_run(config, spec, sparsity, seed, baseline, (train_loader, val_loader, test_loader),
-                               (example, latency_batch))
-                runs.append(run)
-                if on_run is not None:
-                    on_run(run)
+                loaders = (train_loader, val_loader, test_loader)
+                for run in _runs(config, spec, sparsity, seed, baseline, loaders, (example, latency_batch),
+                                 width_cache):
+                    runs.append(run)
+                    if on_run is not None:
+                        on_run(run)
     return runs
 
 

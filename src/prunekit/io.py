@@ -60,6 +60,16 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return _atomic_write(path, lambda file: file.write(text.encode(encoding)))
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` (e.g. a rendered PNG) to `path` atomically; creates parent folders; returns the path.
+
+    >>> import os, tempfile
+    >>> atomic_write_bytes(os.path.join(tempfile.mkdtemp(), "plot.png"), b"\\x89PNG").read_bytes()
+    b'\\x89PNG'
+    """
+    return _atomic_write(path, lambda file: file.write(data))
+
+
 def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(folder)`` on a fresh temporary folder next to `path`, then put it at `path`.
 

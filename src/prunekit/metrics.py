@@ -38,6 +38,7 @@ __all__ = [
     "format_summary",
     "latency_stats",
     "measure_latency",
+    "paired_latency",
     "summary",
 ]
 
@@ -349,6 +350,26 @@ def measure_latency(
     True
     """
     return latency_stats(model, example_inputs, warmup, repeats)["median_ms"]
+
+
+def paired_latency(dense: nn.Module, pruned: nn.Module, inputs: Any, rounds: int = 5,
+                   repeats: int = 15) -> tuple[float, float]:
+    """Latency (ms) of both models, measured alternately; returns ``(dense_ms, pruned_ms)``.
+
+    Each round times `repeats` forward passes of one model, then of the other, and keeps the
+    median; each model's result is its fastest round. Other load on the machine only ever adds
+    time, so a burst that hits one model's rounds would skew a mean or median of rounds, while
+    the fastest round of each is what the model costs on the quiet machine.
+
+    >>> dense_ms, pruned_ms = paired_latency(nn.Linear(4, 4), nn.Linear(4, 2), torch.ones(8, 4), 1, 3)
+    >>> dense_ms > 0 and pruned_ms > 0
+    True
+    """
+    dense_times, pruned_times = [], []
+    for _ in range(rounds):
+        dense_times.append(measure_latency(dense, inputs, warmup=3, repeats=repeats))
+        pruned_times.append(measure_latency(pruned, inputs, warmup=3, repeats=repeats))
+    return min(dense_times), min(pruned_times)
 
 
 def file_size_bytes(model: nn.Module) -> int:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from prunekit import stats
 from prunekit.criteria import Criterion
+from prunekit.distributed import check_masks_agree
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity
-from prunekit.masking import apply_masks, get_masks, remove_carrying_masks
+from prunekit.masking import apply_masks, get_masks, named_effective_parameters, remove_carrying_masks
 from prunekit.metrics import count_params
 from prunekit.request import PruneRequest, require_example_inputs
 from prunekit.select import SelectionRule, keep_highest, select
@@ -38,6 +39,7 @@ class Pass:
     criterion: Criterion
     data: Iterable | None = None
     example_inputs: object = None
+    observed: Mapping | None = None  # evidence gathered elsewhere (a training loop), used instead of `data`
 
 
 @dataclass
@@ -53,7 +55,9 @@ def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup],
     """Every unit's score (higher = keep); units the masks already removed (not `kept`) score -inf."""
     granularity, criterion, options = step.granularity, step.criterion, step.request.options
     observed = {}
-    if criterion.needs is not None:
+    if step.observed is not None:
+        observed = step.observed
+    elif criterion.needs is not None:
         kind = granularity.collectors[criterion.needs]
         probes = granularity.probes(model, groups, kind)
         observed = stats.collect(kind, model, probes, step.data, options.loss_fn, options.num_batches)
@@ -67,14 +71,25 @@ def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup],
 
 
 def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, torch.Tensor],
-                 kept: Mapping[str, torch.Tensor], sparsity: float | None) -> dict[str, torch.Tensor]:
-    """Keep-masks per group for the target `sparsity` (or the request's threshold)."""
+                 kept: Mapping[str, torch.Tensor], sparsity: float | None,
+                 threshold: float | None = None,
+                 layer_sparsity: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Keep-masks per group for the target `sparsity` (or the request's threshold). With both a
+    `threshold` and a `sparsity`, units scoring below the threshold go, but no more than
+    `sparsity` of them (the lowest scores first): the sparsity is a cap. `layer_sparsity` gives
+    the groups it names their own targets (layer scope)."""
     request, granularity = step.request, step.granularity
     rule = SelectionRule(
         sparsity=sparsity, threshold=request.threshold if sparsity is None else None, scope=request.scope,
         min_keep=granularity.min_keep, round_to=request.options.round_to, normalize=granularity.normalize,
+        layer_sparsity=layer_sparsity,
     )
     keep = select(scores, rule)
+    if threshold is not None and sparsity is not None:
+        below = select(scores, replace(rule, sparsity=None, threshold=threshold))
+        keep = {name: keep[name] | below[name] for name in keep}  # the cap keeps what the ratio keeps
+    elif threshold is not None:
+        keep = select(scores, replace(rule, sparsity=None, threshold=threshold))
     chosen = {group.name: keep[group.name] & kept[group.name].reshape(group.unit_shape) for group in groups}
     return with_floor(granularity, groups, chosen, scores)
 
@@ -94,8 +109,12 @@ def with_floor(granularity: Granularity, groups: Sequence[UnitGroup], keep: Mapp
 
 
 def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsity: float | None,
-               owner: str | None) -> PruneResult:
-    """Prune `model` in place to `sparsity` (None: the request's threshold) over `groups`.
+               owner: str | None, threshold: float | None = None, *,
+               layer_sparsity: Mapping[str, float] | None = None) -> PruneResult:
+    """Prune `model` in place to `sparsity` (None: the request's threshold) over `groups`; a
+    `threshold` as well removes units scoring below it, `sparsity` then being the cap. With
+    `layer_sparsity` each group named there goes to its own target (`sparsity` is then the
+    overall target, for the result).
 
     Everything is computed and validated before the model changes: masks are built (or the
     removal rehearsed) first. With ``request.options.remove`` the units go physically (masks
@@ -109,7 +128,8 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
                          count_params(model)[0] if granularity.removable else None, time.perf_counter())
         kept = granularity.kept(model, groups)
         scores = score_units(model, step, groups, kept)
-        keep = choose_units(step, groups, scores, kept, sparsity)
+        keep = choose_units(step, groups, scores, kept, sparsity, threshold, layer_sparsity)
+        check_masks_agree(keep, f"{granularity.unit} keep-masks")  # torch.distributed: every rank chose the same
         masks = None if remove else granularity.to_masks(model, groups, keep)
     record = None
     if masks is None:
@@ -119,6 +139,26 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
             apply_masks(model, masks, owner)
     present = keep if record is not None else granularity.present(model, groups)
     return build_result(model, step, groups, before, present, record, sparsity)
+
+
+def attach_full_masks(model: nn.Module, groups: Sequence[UnitGroup], owner: str | None) -> None:
+    """Attach an all-True keep-mask (owned by `owner`) to every parameter of `groups` that has
+    none yet, so later passes only change mask values in place. DistributedDataParallel hooks
+    each parameter's gradient accumulator when it is built, and attaching a parametrization
+    afterwards gives the parameter a new one (DDP would wait for gradients that never come):
+    under DDP the masks must be there before the wrapper is built.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2))
+    >>> from prunekit.granularity import get_granularity
+    >>> attach_full_masks(model, get_granularity("unstructured").find(model, None, ()), None)
+    >>> {name: bool(mask.all()) for name, mask in get_masks(model).items()}
+    {'0.weight': True}
+    """
+    masked = set(get_masks(model))
+    shapes = {name: tensor.shape for name, tensor in named_effective_parameters(model)}
+    names = [name for group in groups for name in (group.params or (group.name,))]
+    full = {name: torch.ones(shapes[name], dtype=torch.bool) for name in names if name in shapes and name not in masked}
+    apply_masks(model, full, owner)
 
 
 def remove_units(model: nn.Module, granularity: Granularity, groups: Sequence[UnitGroup],

@@ -15,19 +15,22 @@ Pruner stepped once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
+from prunekit.distributed import in_process_group, refuse_wrapper
 from prunekit.errors import PrunekitError
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
+from prunekit.loop_state import LoopState
 from prunekit.masking import bake, refuse_foreign_masks, release_masks
-from prunekit.pipeline import Pass, prune_pass, remove_units, with_floor
+from prunekit.pipeline import Pass, attach_full_masks, prune_pass, remove_units, with_floor
 from prunekit.pruner_state import check_state, load_masks, own_masks
-from prunekit.request import PruneOptions, PruneRequest, model_signature, require_example_inputs, validate_request
+from prunekit.request import (PruneOptions, PruneRequest, check_layer_names, model_signature, require_example_inputs,
+                               validate_request)
 from prunekit.schedules import OneShot, Schedule
 from prunekit.state import preserved_state
 from prunekit.stats import LossFn
@@ -40,12 +43,13 @@ class Pruner:
 
     Arguments mirror :func:`prune` (but ``remove`` defaults to False: units are masked while
     training and removed by ``finalize()``); `scope` is ``"layer"`` (each layer, or each stack of
-    blocks, loses the share) or ``"global"`` (all units compete), by default ``"layer"`` except
-    for granularity ``"layer"`` (``"global"``). `method` defaults to the granularity's usual
+    blocks, loses the share), ``"global"`` (all units compete) or ``"lamp"`` (all compete by LAMP
+    score), by default ``"layer"`` except for granularity ``"layer"`` (``"global"``). `method` defaults to the granularity's usual
     criterion: ``"magnitude"`` for unstructured, ``"l1"`` for neurons, channels, LSTM units and
     heads, ``"removal-cost"`` (needs `data`) for layers. `schedule` (default ``OneShot()``: prune at the first
     ``step()``) decides when. Less common settings are keyword `options` (``loss_fn``,
-    ``exclude``, ``seed``, ``round_to``, ``num_batches``, ``remove``; see ``PruneOptions``), or
+    ``exclude``, ``seed``, ``round_to``, ``num_batches``, ``remove``, ``layer_sparsity``: each
+    layer's own amount, which it reaches following the schedule; see ``PruneOptions``), or
     one ``options=PruneOptions(...)``.
     Structured granularities mask units while training, so the optimiser's parameters stay
     valid; ``finalize()`` removes them physically. Everything is validated here, before the model
@@ -63,33 +67,40 @@ class Pruner:
                  threshold: float | None = None, granularity: str = "unstructured", scope: str | None = None,
                  schedule: Schedule | None = None, data: Iterable | None = None, example_inputs: object = None,
                  **options) -> None:
-        if scope is None:
-            scope = get_granularity(granularity).default_scope
-        if method is None:
-            method = get_granularity(granularity).default_method
-        self.request = PruneRequest(method, granularity, scope, sparsity, threshold, _options(options))
-        granularity_, criterion = validate_request(self.request, data, example_inputs)
         self.schedule = OneShot() if schedule is None else schedule
         if not isinstance(self.schedule, Schedule):
             raise PrunekitError(f"schedule must be a prunekit.schedules.Schedule (e.g. OneShot()), got {schedule!r}")
+        prune_options = _options(options)
+        if scope is None:  # per-layer targets are layer scope
+            scope = "layer" if prune_options.layer_sparsity is not None else get_granularity(granularity).default_scope
+        if method is None:
+            method = self.schedule.default_method or get_granularity(granularity).default_method
+        sparsity, threshold = _goal(self.schedule, sparsity, threshold)
+        self.request = PruneRequest(method, granularity, scope, sparsity, threshold, prune_options)
+        granularity_, criterion = validate_request(self.request, data, example_inputs,
+                                                   gradients_from_loop=self.schedule.accumulates_gradients)
         if self.request.options.remove and granularity_.removable and not isinstance(self.schedule, OneShot):
             raise PrunekitError(
                 "remove=True removes units physically when the Pruner prunes, which suits a schedule that "
                 "prunes once (OneShot); with this schedule leave remove=False: units are masked while "
                 "training and finalize() removes them"
             )
+        refuse_wrapper(model)
         refuse_foreign_masks(model, None)
         self.model = model
         self._pass = Pass(self.request, granularity_, criterion, data, example_inputs)
         self._token = uuid.uuid4().hex
         self._groups_signature: dict | None = None
         self._groups: list[UnitGroup] = self._find_groups()  # validates `exclude` and that something is prunable
+        check_layer_names(prune_options.layer_sparsity, self._groups)
+        self._attach_masks_for_ddp()
         self._step = 0
-        self._target: float | None = 0.0 if sparsity is not None else None
+        self._target: float | None = 0.0 if sparsity is not None or prune_options.layer_sparsity is not None else None
         self._achieved = 0.0
         self._state = "live"  # -> "finalized" | "released"
         self.shrink_record: ShrinkRecord | None = None
         self.last_result: PruneResult | None = None
+        self._loop = LoopState.start(model, self.schedule, [group.name for group in self._groups])
 
     # ------------------------------------------------------------------ the optimiser-like API
 
@@ -99,10 +110,15 @@ class Pruner:
         self._check_live("step()")
         step = self._step
         result = None
+        self._loop.before_step(self.model, step)
         if self.schedule.prunes_at(step):
             sparsity = self.request.sparsity
             target = self.schedule.sparsity_at(step, sparsity) if sparsity is not None else None
-            result = prune_pass(self.model, self._pass, self._find_groups(), target, self._token)
+            target, layer_targets = _layer_targets(self.schedule, step, self._find_groups(), self.request, target)
+            step_pass = self._loop.evidence_for(self._pass)
+            result = prune_pass(self.model, step_pass, self._find_groups(), target, self._token,
+                                self.schedule.threshold_at(step), layer_sparsity=layer_targets)
+            result = self._loop.after_pruning(self.model, step, result)
             self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
             self._add_record(result.shrink_record)
         self._step = step + 1  # only once the step went through: a failed step can be retried
@@ -129,6 +145,11 @@ class Pruner:
         return self.request.options.remove and self._pass.granularity.removable
 
     @property
+    def step_count(self) -> int:
+        """How many ``step()`` calls went through (the index the next one has)."""
+        return self._step
+
+    @property
     def done(self) -> bool:
         """True once the schedule will not prune again."""
         return self.schedule.finished(self._step)
@@ -149,6 +170,7 @@ class Pruner:
         if granularity.removable and own_masks(self.model, self._token):
             self._add_record(_remove_masked_units(self.model, granularity, inputs, self._find_groups(), self._token))
         bake(self.model)
+        self._loop.close()
         self._state = "finalized"
         return self.model
 
@@ -157,6 +179,7 @@ class Pruner:
         to nobody, so another Pruner may prune it further."""
         self._check_live("release()")
         release_masks(self.model, self._token)
+        self._loop.close()
         self._state = "released"
 
     # ------------------------------------------------------------------ resuming
@@ -169,6 +192,7 @@ class Pruner:
             "achieved": self._achieved, "state": self._state,
             "model": model_signature(self.model), "masks": own_masks(self.model, self._token),
             "shrink_record": self.shrink_record.to_dict() if self.shrink_record is not None else None,
+            "loop": self._loop.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -177,9 +201,11 @@ class Pruner:
         self._check_live("load_state_dict()")
         check_state(state, self.request.describe(), self.schedule.to_dict(), model_signature(self.model))
         load_masks(self.model, state["masks"], self._token)
+        self._attach_masks_for_ddp()
         self._step, self._target, self._achieved = int(state["step"]), state["target"], float(state["achieved"])
         record = state["shrink_record"]
         self.shrink_record = ShrinkRecord.from_dict(record) if record is not None else None
+        self._loop.load_state_dict(state.get("loop") or {})
 
     # ------------------------------------------------------------------ internals
 
@@ -189,6 +215,13 @@ class Pruner:
                 f"{action} after this Pruner was {self._state}: it no longer manages the model; create a new "
                 "Pruner to prune further"
             )
+
+    def _attach_masks_for_ddp(self) -> None:
+        """Under torch.distributed, give every parameter this Pruner may mask an all-True mask
+        now, before the user wraps the model in DistributedDataParallel (see
+        ``pipeline.attach_full_masks``); pruning then only changes mask values."""
+        if in_process_group() and not self.removes:
+            attach_full_masks(self.model, self._find_groups(), self._token)
 
     def _add_record(self, record: ShrinkRecord | None) -> None:
         if record is not None:
@@ -204,6 +237,38 @@ class Pruner:
                                                            self.request.options.exclude)
             self._groups_signature = signature
         return self._groups
+
+
+def _goal(schedule: Schedule, sparsity: float | None, threshold: float | None) -> tuple[float | None, float | None]:
+    """The request's sparsity and threshold once the schedule has had its say (its own final
+    target; a gradient threshold, which the schedule applies, stands in when no ratio is given)."""
+    sparsity = schedule.final_sparsity(sparsity)
+    theta = schedule.threshold_at(0)
+    if theta is not None:
+        if threshold is not None:
+            raise PrunekitError(f"{type(schedule).__name__}(theta={theta}) sets the threshold; do not pass "
+                                "threshold= to the Pruner as well")
+        if sparsity is None:
+            threshold = theta
+    return sparsity, threshold
+
+
+def _layer_targets(schedule: Schedule, step: int, groups: list[UnitGroup], request: PruneRequest,
+                   target: float | None) -> tuple[float | None, dict[str, float] | None]:
+    """With ``layer_sparsity``: each group's target at `step` and their unit-weighted mean (the
+    overall target). Every group follows the schedule in proportion to its own final amount
+    (groups it does not name: the request's `sparsity`), never past it; a one-shot schedule gives
+    the amounts exactly. Without ``layer_sparsity``: ``(target, None)``."""
+    layer_sparsity = request.options.layer_sparsity
+    if layer_sparsity is None:
+        return target, None
+    default = request.sparsity if request.sparsity is not None else 0.0
+    finals = {group.name: layer_sparsity.get(group.name, default) for group in groups}
+    total = sum(group.num_units for group in groups)
+    overall_final = sum(finals[group.name] * group.num_units for group in groups) / max(total, 1)
+    share = schedule.sparsity_at(step, overall_final) / overall_final if overall_final > 0 else 0.0
+    per_group = {name: min(final, final * share) for name, final in finals.items()}
+    return sum(per_group[group.name] * group.num_units for group in groups) / max(total, 1), per_group
 
 
 def _options(options: dict) -> PruneOptions:
@@ -281,6 +346,7 @@ def prune(
     num_batches: int = 8,
     round_to: int | None = None,
     remove: bool = True,
+    layer_sparsity: Mapping[str, float] | None = None,
 ) -> PruneResult:
     """Prune `model` in place once and report what changed (a :class:`Pruner` stepped once).
 
@@ -296,16 +362,20 @@ def prune(
     neuron/channel/lstm-unit trace the model and need `example_inputs`; ``"layer"`` removes the
     identity-shortcut residual blocks / transformer layers whose removal costs least
     (``method="removal-cost"`` measures that on `data`) and keeps one block of every stack.
-    `scope` defaults to ``"layer"`` (``"global"`` for granularity ``"layer"``); see :class:`Pruner`.
+    `scope` defaults to ``"layer"`` (``"global"`` for granularity ``"layer"``); ``"lamp"`` ranks
+    globally by LAMP scores; see :class:`Pruner`. `layer_sparsity` (``{group name: fraction}``,
+    e.g. from :func:`prunekit.allocate`) prunes each named layer to its own amount instead.
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
     >>> round(result.sparsity_achieved, 2)
     0.5
+    >>> prune(nn.Linear(4, 4), layer_sparsity={"weight": 0.25}).layer_sparsity
+    {'weight': 0.25}
     """
     pruner = Pruner(model, method, sparsity, threshold=threshold, granularity=granularity, scope=scope, data=data,
                     example_inputs=example_inputs, loss_fn=loss_fn, exclude=exclude, seed=seed,
-                    num_batches=num_batches, round_to=round_to, remove=remove)
+                    num_batches=num_batches, round_to=round_to, remove=remove, layer_sparsity=layer_sparsity)
     result = pruner.step()
     pruner.release()
     return result

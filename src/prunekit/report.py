@@ -12,7 +12,8 @@ def aggregate(runs: Iterable[dict]) -> list[dict]:
 
     Latencies are means in ms; ``speedup`` is the geometric mean over seeds of each run's own
     dense / pruned latency ratio (both timed in the same run), so one slow moment of the machine
-    shifts one ratio a little instead of dominating a mean of milliseconds.
+    shifts one ratio a little instead of dominating a mean of milliseconds. ``latency_per_mac``
+    is speedup / MAC reduction (geometric mean over seeds): 1.0 when latency falls as MACs do.
 
     >>> rows = aggregate([{"model": "m", "method": "magnitude", "granularity": "unstructured",
     ...     "scope": "global", "sparsity_target": 0.5, "seed": s, "accuracy": a, "accuracy_dense": 0.9,
@@ -41,16 +42,27 @@ def aggregate(runs: Iterable[dict]) -> list[dict]:
             "macs_nonzero": mean("macs_nonzero"), "macs": mean("macs"), "macs_dense": mean("macs_dense"),
             "latency_ms": mean("latency_ms"), "latency_dense_ms": mean("latency_dense_ms"),
             "speedup": statistics.geometric_mean(m["latency_dense_ms"] / m["latency_ms"] for m in members),
+            "latency_per_mac": _latency_per_mac(members),
         })
     return rows
+
+
+def _latency_per_mac(members: list[dict]) -> float:
+    """Geometric mean over runs of (dense / pruned latency) / (dense / nonzero MACs); nan without MACs."""
+    if any(not member["macs_nonzero"] for member in members):
+        return float("nan")
+    return statistics.geometric_mean((m["latency_dense_ms"] / m["latency_ms"]) / (m["macs_dense"] / m["macs_nonzero"])
+                                     for m in members)
 
 
 def format_table(runs: Iterable[dict]) -> str:
     """A fixed-width table of the aggregated runs, one line per model x method x sparsity.
 
     ``MACs x`` is dense MACs / nonzero MACs of the deployed model, ``speedup`` the measured
-    dense / pruned latency ratio (paired measurement in the same run; geometric mean over seeds). The model column is as
-    wide as the longest model name, since one table may mix several models.
+    dense / pruned latency ratio (paired measurement in the same run; geometric mean over seeds),
+    ``lat/MAC`` speedup / MAC reduction (1.00: latency falls as MACs do; lower: the kernels do not
+    turn the removed MACs into time). The model column is as wide as the longest model name,
+    since one table may mix several models.
 
     >>> run = {"model": "lenet300", "method": "magnitude", "granularity": "unstructured", "scope": "global",
     ...     "sparsity_target": 0.9, "seed": 0, "accuracy": 0.95, "accuracy_dense": 0.96,
@@ -64,7 +76,7 @@ def format_table(runs: Iterable[dict]) -> str:
     model_width = max([len("model")] + [len(row["model"]) for row in rows]) + 2
     header = (f"{'model':<{model_width}}{'method':<22}{'gran.':<13}{'target':>7}{'achieved':>9}{'acc %':>8}"
               f"{'± sd':>6}{'dense %':>8}{'drop pt':>8}{'params':>10}{'nonzero':>10}{'MACs nz':>11}{'MACs x':>7}"
-              f"{'lat ms':>8}{'speedup':>8}")
+              f"{'lat ms':>8}{'speedup':>8}{'lat/MAC':>8}")
     lines = [header, "-" * len(header)]
     for row in rows:
         mac_ratio = row["macs_dense"] / row["macs_nonzero"] if row["macs_nonzero"] else float("nan")
@@ -74,7 +86,7 @@ def format_table(runs: Iterable[dict]) -> str:
             f"{100 * row['accuracy_dense']:>8.2f}{row['drop_pt']:>8.2f}"
             f"{row['params']:>10,.0f}{row['params_nonzero']:>10,.0f}{row['macs_nonzero']:>11,.0f}"
             f"{mac_ratio:>6.2f}x"
-            f"{row['latency_ms']:>8.3f}{row['speedup']:>7.2f}x"
+            f"{row['latency_ms']:>8.3f}{row['speedup']:>7.2f}x{row['latency_per_mac']:>8.2f}"
         )
     return "\n".join(lines)
 

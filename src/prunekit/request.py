@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 from torch import nn
 
 from prunekit.criteria import Criterion
 from prunekit.errors import PrunekitError, unknown_name
+from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
 from prunekit.masking import named_effective_parameters
 from prunekit.select import SCOPES
@@ -27,6 +28,10 @@ class PruneOptions:
     * `num_batches`: at most this many batches of `data` are used for statistics
     * `remove`: structured: remove the pruned units physically at each pruning step instead of
       masking them (the model's parameters change: rebuild the optimiser afterwards)
+    * `layer_sparsity`: ``{group name: fraction of its units to remove}`` (layer scope; groups
+      it does not name get `sparsity`, or keep everything without one), e.g. the
+      ``layer_sparsity`` of a ``prunekit.allocate`` result; group names are parameter names for
+      unstructured pruning and layer names for structured granularities
     """
 
     loss_fn: LossFn | None = None
@@ -35,6 +40,7 @@ class PruneOptions:
     round_to: int | None = None
     num_batches: int = 8
     remove: bool = False
+    layer_sparsity: Mapping[str, float] | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict) -> PruneOptions:
@@ -49,6 +55,9 @@ class PruneOptions:
             raise unknown_name("Pruner option", unknown[0], known)
         exclude = options.get("exclude", ())
         exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
+        layer_sparsity = options.get("layer_sparsity")
+        if isinstance(layer_sparsity, Mapping):  # a copy: the caller's dict may change later
+            options = {**options, "layer_sparsity": dict(layer_sparsity)}
         return cls(**{**options, "exclude": exclude})
 
 
@@ -77,6 +86,7 @@ class PruneRequest:
                         for item in options.exclude],
             "seed": options.seed, "round_to": options.round_to, "num_batches": options.num_batches,
             "remove": options.remove,
+            "layer_sparsity": dict(options.layer_sparsity) if options.layer_sparsity is not None else None,
         }
 
 
@@ -91,7 +101,9 @@ def _check_goal(request: PruneRequest, granularity: Granularity) -> None:
             "(the fraction of units to remove) instead of threshold="
         )
     sparsity, threshold = request.sparsity, request.threshold
-    if (sparsity is None) == (threshold is None):
+    if request.options.layer_sparsity is not None:
+        _check_layer_goal(request)
+    elif (sparsity is None) == (threshold is None):
         raise PrunekitError(
             "give exactly one of sparsity= (fraction of weights to remove) or threshold= "
             f"(remove scores below it); got sparsity={sparsity!r}, threshold={threshold!r}"
@@ -101,6 +113,44 @@ def _check_goal(request: PruneRequest, granularity: Granularity) -> None:
         raise PrunekitError(f"sparsity must be a number in [0, 1), got {sparsity!r}; 0.9 removes 90%")
     if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
         raise PrunekitError(f"threshold must be a finite number, got {threshold!r}")
+
+
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
+def _check_layer_goal(request: PruneRequest) -> None:
+    """`layer_sparsity` is a map of fractions in [0, 1), with layer scope and no threshold."""
+    layer_sparsity = request.options.layer_sparsity
+    if not isinstance(layer_sparsity, Mapping) or not all(isinstance(name, str) for name in layer_sparsity):
+        raise PrunekitError(f"layer_sparsity must map layer names to fractions, e.g. {{'fc1.weight': 0.9}}; "
+                            f"got {layer_sparsity!r}")
+    bad = {name: value for name, value in layer_sparsity.items() if not _is_fraction(value)}
+    if bad:
+        raise PrunekitError(f"every layer_sparsity value must be a number in [0, 1) (0.9 removes 90%); got {bad}")
+    if request.threshold is not None:
+        raise PrunekitError("give layer_sparsity= or threshold=, not both: layer_sparsity already says how much "
+                            "each layer loses")
+    if request.scope != "layer":
+        raise PrunekitError(f"layer_sparsity sets each layer's own target, which is scope 'layer'; got scope "
+                            f"'{request.scope}': leave scope unset")
+
+
+def check_layer_names(layer_sparsity: Mapping[str, float] | None, groups: Iterable[UnitGroup]) -> None:
+    """An error naming the prunable groups when `layer_sparsity` names something else.
+
+    >>> check_layer_names({"0.weight": 0.5}, get_granularity("unstructured").find(nn.Linear(2, 2), None, ()))
+    Traceback (most recent call last):
+    ...
+    prunekit.errors.PrunekitError: layer_sparsity names '0.weight', which is no prunable group here; the groups are: weight
+    """
+    if layer_sparsity is None:
+        return
+    names = [group.name for group in groups]
+    unknown = [name for name in layer_sparsity if name not in names]
+    if unknown:
+        raise PrunekitError(f"layer_sparsity names '{unknown[0]}', which is no prunable group here; the groups "
+                            f"are: {', '.join(names)}")
 
 
 def _check_options(options: PruneOptions, granularity: Granularity) -> None:
@@ -130,26 +180,42 @@ def require_example_inputs(granularity: Granularity, example_inputs: object, wha
         )
 
 
-def validate_request(request: PruneRequest, data: Iterable | None, example_inputs: object) -> tuple[Granularity, Criterion]:
+def validate_request(request: PruneRequest, data: Iterable | None, example_inputs: object,
+                     gradients_from_loop: bool = False) -> tuple[Granularity, Criterion]:
     """Check a request without touching any model; returns its granularity and criterion.
+    With `gradients_from_loop` the weight gradients come from the user's training loop (a
+    ``GradientThreshold`` schedule) instead of `data`.
 
     >>> granularity, criterion = validate_request(PruneRequest("magnitude", sparsity=0.5), None, None)
     >>> granularity.name, criterion.name
     ('unstructured', 'magnitude')
     """
     granularity = get_granularity(request.granularity)
+    if gradients_from_loop and granularity.name != "unstructured":
+        raise PrunekitError(_LOOP_GRADIENTS + f" (got granularity '{granularity.name}')")
     criterion = granularity.criterion(request.method)
     _check_goal(request, granularity)
     _check_options(request.options, granularity)
     require_example_inputs(granularity, example_inputs, f"granularity '{granularity.name}'")
     if request.scope not in SCOPES:
         raise unknown_name("scope", request.scope, SCOPES)
-    if criterion.needs is not None and data is None:
+    if gradients_from_loop:
+        _check_loop_gradients(request, granularity, criterion)
+    elif criterion.needs is not None and data is None:
         raise PrunekitError(
             f"method '{request.method}' needs data (it scores by {criterion.needs}): pass "
             "data=<iterable of (inputs, targets) batches>, e.g. a DataLoader over training data"
         )
     return granularity, criterion
+
+
+_LOOP_GRADIENTS = ("GradientThreshold prunes single weights by the |gradient| summed in the training loop: use "
+                   "granularity='unstructured' with method 'gradient' or 'taylor'")
+
+
+def _check_loop_gradients(request: PruneRequest, granularity: Granularity, criterion: Criterion) -> None:
+    if criterion.needs != "gradients":
+        raise PrunekitError(_LOOP_GRADIENTS + f" (got method '{request.method}')")
 
 
 def model_signature(model: nn.Module) -> dict[str, list[int]]:
@@ -161,5 +227,5 @@ def model_signature(model: nn.Module) -> dict[str, list[int]]:
     return {name: list(tensor.shape) for name, tensor in named_effective_parameters(model)}
 
 
-__all__ = ["PruneOptions", "PruneRequest", "model_signature", "require_example_inputs",
+__all__ = ["PruneOptions", "PruneRequest", "check_layer_names", "model_signature", "require_example_inputs",
            "validate_request"]

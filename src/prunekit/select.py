@@ -11,16 +11,22 @@ all groups in global scope) whenever the floors allow it. The lowest scores go f
 broken by position (the earlier entry stays), never by a threshold, so the achieved
 sparsity never overshoots because many scores are equal (e.g. already-zero weights). Scores of
 -inf (units already pruned) always go first. Adding a scope is one function in ``_SCOPES``.
+
+``layer_sparsity`` gives layer scope a target per group (groups it does not name use
+`sparsity`, or lose nothing when that is None); the per-layer budgets of ``prunekit.allocation``
+arrive this way. Scope ``"lamp"`` ranks globally by LAMP scores (:func:`lamp_scores`, Lee et
+al. 2021), which makes each group's scores comparable without a hand-set normalisation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from prunekit.errors import unknown_name
+from prunekit.errors import PrunekitError, unknown_name
 
 Masks = dict[str, torch.Tensor]
 Scores = Mapping[str, torch.Tensor]
@@ -36,6 +42,7 @@ class SelectionRule:
     min_keep: int = 0
     round_to: int | None = None
     normalize: bool = False
+    layer_sparsity: Mapping[str, float] | None = None
 
 
 def _keep_count(num_units: int, num_removed: int, rule: SelectionRule) -> int:
@@ -59,12 +66,15 @@ def keep_highest(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 def _layer_scope(scores: Scores, rule: SelectionRule) -> dict[str, int]:
-    return {name: _keep_count(score.numel(), round(rule.sparsity * score.numel()), rule)
+    targets = rule.layer_sparsity or {}
+    default = rule.sparsity if rule.sparsity is not None else 0.0
+    return {name: _keep_count(score.numel(), round(targets.get(name, default) * score.numel()), rule)
             for name, score in scores.items()}
 
 
 def _normalised(score: torch.Tensor, normalize: bool) -> torch.Tensor:
-    flat = score.flatten().float()
+    flat = score.flatten()
+    flat = flat if flat.dtype == torch.float64 else flat.float()  # LAMP scores need float64's range
     if not normalize:
         return flat
     finite = flat[torch.isfinite(flat)]
@@ -72,20 +82,57 @@ def _normalised(score: torch.Tensor, normalize: bool) -> torch.Tensor:
     return flat / mean if mean > 0 else flat
 
 
-def _global_scope(scores: Scores, rule: SelectionRule) -> dict[str, int]:
-    """Per group, how many units to keep when the lowest (normalised) scores over all groups go,
-    never taking a group below its floor of `min_keep`."""
-    flat = [_normalised(score, rule.normalize) for score in scores.values()]
+def lamp_scores(score: torch.Tensor) -> torch.Tensor:
+    """LAMP score of every entry of one group (float64, shaped like `score`): its squared score
+    divided by the sum of the squared scores of the group's entries scoring at least as high
+    (ties count each other). The group's best entry scores 1, and the order inside the group is
+    kept; negative scores count as 0 and -inf (already pruned) stays -inf.
+
+    >>> [round(value, 4) for value in lamp_scores(torch.tensor([1.0, 3.0, 2.0])).tolist()]  # 1/14, 9/9, 4/13
+    [0.0714, 1.0, 0.3077]
+    """
+    flat = score.flatten().double()
+    finite = torch.isfinite(flat)
+    squared = flat[finite].clamp(min=0) ** 2
+    ascending = torch.sort(squared).values
+    at_least = ascending.flip(0).cumsum(0).flip(0)  # at_least[i] = sum of ascending[i:]
+    denominator = at_least[torch.searchsorted(ascending, squared)] if squared.numel() else squared
+    lamp = torch.where(denominator > 0, squared / denominator.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+    out = torch.full_like(flat, -math.inf)
+    out[finite] = lamp
+    return out.view(score.shape)
+
+
+def removal_order(scores: Scores, rule: SelectionRule) -> torch.Tensor:
+    """The index (in `scores`' order) of the group that loses each next unit when the lowest
+    scores over all groups go first, as global scope (``rule.scope == "lamp"``: by LAMP score;
+    else normalised when ``rule.normalize``) ranks them; each group's best `min_keep` units are
+    left out. Global scope at sparsity s removes the first ``round(s * total)`` entries.
+
+    >>> removal_order({"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([2.0, 3.0])}, SelectionRule()).tolist()
+    [0, 1, 1, 0]
+    """
+    if rule.scope == "lamp":
+        flat = [lamp_scores(score).flatten() for score in scores.values()]
+    else:
+        flat = [_normalised(score, rule.normalize) for score in scores.values()]
     ranking = torch.cat(flat) if flat else torch.zeros(0)
-    ends = torch.tensor([part.numel() for part in flat]).cumsum(0)
+    ends = torch.tensor([part.numel() for part in flat], dtype=torch.long).cumsum(0)
     for part, end in zip(flat, ends.tolist()):  # each group's best `min_keep` units are never candidates
         floor = min(rule.min_keep, part.numel())
         if floor:
-            ranking[end - part.numel() + torch.argsort(part, descending=True, stable=True)[:floor]] = float("inf")
-    budget = min(round(rule.sparsity * ranking.numel()), int((ranking != float("inf")).sum()))
+            ranking[end - part.numel() + torch.argsort(part, descending=True, stable=True)[:floor]] = math.inf
+    candidates = int((ranking != math.inf).sum())
     keep_order = torch.argsort(ranking, descending=True, stable=True)
-    owners = torch.searchsorted(ends, keep_order[keep_order.numel() - budget:], right=True)
-    removed = torch.bincount(owners, minlength=len(flat))
+    return torch.searchsorted(ends, keep_order[keep_order.numel() - candidates:].flip(0), right=True)
+
+
+def _global_scope(scores: Scores, rule: SelectionRule) -> dict[str, int]:
+    """Per group, how many units to keep when the lowest (normalised or LAMP) scores over all
+    groups go, never taking a group below its floor of `min_keep`."""
+    order = removal_order(scores, rule)
+    total = sum(score.numel() for score in scores.values())
+    removed = torch.bincount(order[:min(round(rule.sparsity * total), order.numel())], minlength=len(scores))
     return {name: _keep_count(score.numel(), int(removed[index]), rule)
             for index, (name, score) in enumerate(scores.items())}
 
@@ -93,6 +140,7 @@ def _global_scope(scores: Scores, rule: SelectionRule) -> dict[str, int]:
 _SCOPES: dict[str, Callable[[Scores, SelectionRule], dict[str, int]]] = {
     "layer": _layer_scope,
     "global": _global_scope,
+    "lamp": _global_scope,  # the same ranking over LAMP scores (removal_order reads rule.scope)
 }
 SCOPES = tuple(_SCOPES)
 
@@ -114,6 +162,9 @@ def select(scores: Scores, rule: SelectionRule) -> Masks:
         return masks
     if rule.scope not in _SCOPES:
         raise unknown_name("scope", rule.scope, _SCOPES)
+    if rule.layer_sparsity is not None and rule.scope != "layer":
+        raise PrunekitError(f"layer_sparsity sets each layer's own target, which is scope 'layer'; got scope "
+                            f"'{rule.scope}': leave the scope at 'layer'")
     keep_counts = _SCOPES[rule.scope](scores, rule)
     return {name: keep_highest(score, keep_counts[name]) for name, score in scores.items()}
 

@@ -90,6 +90,7 @@ class PruneResult:
     params_before: int | None = None
     params_after: int | None = None
     shrink_record: Any = field(default=None, repr=False)
+    rewound: bool = False  # the surviving weights went back to a snapshot (Lottery): reset the optimiser
 
     @property
     def sparsity_achieved(self) -> float:

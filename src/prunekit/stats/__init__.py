@@ -11,6 +11,10 @@ gathers. A granularity says where to look (``probes``); the pipeline calls ``col
     head-outputs          head UnitGroups             mean norm of each head's contribution
     removal-loss          block names                 loss increase when the block is skipped
 
+Under ``torch.distributed`` (``prunekit.distributed``) every collector sums what it saw with the
+other ranks before averaging, so each rank gets the statistics of all ranks' data together and
+every rank must call it. `num_batches` is per rank.
+
 Adding a kind of evidence (input norms, Hessians, ...) = one collector + one registry line.
 """
 

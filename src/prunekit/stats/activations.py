@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prunekit.distributed import all_reduce_sum
 from prunekit.inputs import call_model
 from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 
@@ -82,6 +83,8 @@ def collect_activation_stats(
     Returns ``{module_name: {"mean_abs", "zero_fraction"[, "grad_abs", "taylor"]}}``, each a
     tensor with one value per channel. ``zero_fraction`` counts activations <= 0, i.e. the zeros a
     following ReLU produces (APoZ). Gradients are taken with ``torch.autograd.grad`` in eval mode.
+    Under ``torch.distributed`` the sums and row counts of every rank are added up before they
+    are divided, so every rank gets the statistics of all ranks' data together.
 
     >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
     >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
@@ -112,7 +115,8 @@ def collect_activation_stats(
                 accumulator.add("taylor", (values * grad_values).abs().sum(0))
 
     for_each_batch(model, data, num_batches, add_batch)
+    totals = all_reduce_sum({name: {"sums": acc.sums, "rows": acc.rows} for name, acc in accumulators.items()})
     return {
-        name: {key: (total / max(acc.rows, 1)).float() for key, total in acc.sums.items()}
-        for name, acc in accumulators.items()
+        name: {key: (total / max(seen["rows"], 1)).float() for key, total in seen["sums"].items()}
+        for name, seen in totals.items()
     }

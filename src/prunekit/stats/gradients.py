@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from prunekit.distributed import all_reduce_sum
 from prunekit.inputs import call_model
 from prunekit.masking import original_parameter
 from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
@@ -27,7 +28,8 @@ def collect_gradient_stats(
 
     `data` yields ``(inputs, targets)`` batches; `loss_fn(outputs, targets)` defaults to
     cross-entropy. Masked parameters get gradients of their stored values, which are zero at
-    pruned positions.
+    pruned positions. Under ``torch.distributed`` the sums and batch counts of every rank are
+    added up first: every rank gets the mean over all ranks' batches.
 
     >>> model = nn.Linear(4, 3)
     >>> batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
@@ -45,4 +47,5 @@ def collect_gradient_stats(
                 total.add_(grad.detach().abs())
 
     batches = for_each_batch(model, data, num_batches, add_batch)
-    return {name: total / batches for name, total in zip(names, sums)}
+    totals = all_reduce_sum({"sums": sums, "batches": batches})
+    return {name: total / totals["batches"] for name, total in zip(names, totals["sums"])}

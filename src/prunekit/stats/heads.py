@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from prunekit.distributed import all_reduce_sum
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.types import UnitGroup
 from prunekit.inputs import as_call
@@ -104,8 +105,12 @@ def collect_head_norms(
     num_batches: int = 8,
 ) -> dict[str, torch.Tensor]:
     """Per head, the mean norm of its contribution over up to `num_batches` batches of
-    ``(inputs, targets)`` (targets unused), in eval mode; see :func:`head_output_norms`."""
+    ``(inputs, targets)`` (targets unused), in eval mode; see :func:`head_output_norms`. Under
+    ``torch.distributed`` the sums and token counts of every rank are added up first."""
     groups = list(groups)
     with recording_head_norms(model, groups) as totals, torch.no_grad():
         for_each_batch(model, data, num_batches, lambda inputs, _: as_call(inputs)(model))
-    return mean_head_norms(totals, groups)
+    for group in groups:  # every rank sums the same groups, also one whose attention did not run here
+        totals.setdefault(group.name, (torch.zeros(group.num_units), 0))
+    totals = all_reduce_sum(totals)
+    return mean_head_norms({name: seen for name, seen in totals.items() if seen[1]}, groups)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from prunekit.distributed import all_reduce_mean
 from prunekit.graph.layers import score_layers
 from prunekit.inputs import call_model, to_device
 from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
@@ -34,7 +35,9 @@ def removal_costs(
 ) -> dict[str, float]:
     """Per block, the loss increase on up to `num_batches` batches of `data` when it alone is
     skipped (``prunekit.graph.layers.score_layers``); every block is put back afterwards. The
-    first batch's inputs serve as example inputs for blocks found by running the model.
+    first batch's inputs serve as example inputs for blocks found by running the model. Under
+    ``torch.distributed`` each rank's costs are weighted by its number of batches and averaged,
+    which is the cost one process would measure on all ranks' batches together.
 
     >>> from prunekit.zoo import build_model
     >>> model = build_model("resnet20", (1, 8, 8), 10).eval()
@@ -46,4 +49,5 @@ def removal_costs(
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     example_inputs = to_device(batches[0][0], device) if batches else None  # for blocks found by running
-    return score_layers(model, list(blocks), lambda net: -mean_loss(net, batches, loss_fn), example_inputs)
+    costs = score_layers(model, list(blocks), lambda net: -mean_loss(net, batches, loss_fn), example_inputs)
+    return all_reduce_mean(costs, weight=len(batches))
