@@ -240,7 +240,8 @@ def _runs(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, b
         def fine_tune(model: nn.Module, pruner: Pruner) -> None:
             _fine_tune(model, config, seed, train_loader, [], baseline.model, PruningWatch([], lambda: None))
 
-        return [search_run(config, spec, sparsity, seed, baseline.model, val_loader, fine_tune, tensors[0], record)]
+        return [search_run(config, spec, sparsity, seed, baseline.model, (train_loader, val_loader), fine_tune,
+                           tensors[0], record)]
     return [_one_run(config, spec, sparsity, seed, baseline, loaders, tensors, width_cache)]
 
 

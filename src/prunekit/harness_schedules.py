@@ -44,17 +44,19 @@ def lottery_runs(config, spec, sparsity: float, seed: int, example, record: Reco
     return [ticket, control]
 
 
-def search_run(config, spec, start: float, seed: int, dense_model: nn.Module, val_loader,
+def search_run(config, spec, start: float, seed: int, dense_model: nn.Module, loaders,
                fine_tune: Callable[[nn.Module, object], None], example, record: Record) -> dict:
     """Raise sparsity from `start` while the validation drop stays within ``config.tolerance``
     points, fine-tuning ``config.finetune_epochs`` after each level; the run at the last level
     that did (``sparsity_target`` is that level; ``search`` lists every level tried)."""
+    train_loader, val_loader = loaders
     granularity = get_granularity(spec.granularity)
+    needs = granularity.criterion(spec.method).needs  # removal loss on held-out data, as in every run
     needs_example = example if granularity.needs_example_inputs else None
     found = search_sparsity(copy.deepcopy(dense_model), lambda model: evaluate(model, val_loader),
                             method=spec.method, granularity=spec.granularity, scope=config.scope,
                             tolerance=config.tolerance, fine_tune=fine_tune, start=start, rate=SEARCH_RATE,
-                            data=val_loader if granularity.criterion(spec.method).needs else None,
+                            data=val_loader if needs == "removal-loss" else train_loader,
                             example_inputs=needs_example, exclude=config.exclude, seed=seed)
     if found.result is None:
         raise PrunekitError("the sparsity search accepted no level")  # search_sparsity raises first
