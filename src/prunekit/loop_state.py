@@ -21,8 +21,6 @@ from prunekit.schedules import Schedule
 from prunekit.types import PruneResult
 
 
-
-
 class GradientSums:
     """Sum of |grad| of chosen parameters over the backward passes since the last ``reset()``.
 
