@@ -17,6 +17,7 @@ from prunekit.metrics import count_macs, count_params, measure_latency, summary
 from prunekit.pruner import Pruner, finalize, prune, remove_masked_units
 from prunekit.request import PruneOptions
 from prunekit.recovery import Distillation
+from prunekit.regularizers import BNScale, GroupLasso, L1
 from prunekit.schedules import GradientThreshold, Iterative, Lottery, OneShot, Polynomial, Schedule
 from prunekit.search import SparsitySearch, search_sparsity
 from prunekit.select import SelectionRule, lamp_scores, select, select_by_ratio, select_by_threshold
@@ -31,10 +32,13 @@ __all__ = [
     "GRANULARITIES",
     "Allocation",
     "ArchSpec",
+    "BNScale",
     "Budget",
     "Distillation",
     "GradientThreshold",
+    "GroupLasso",
     "Iterative",
+    "L1",
     "Lottery",
     "OneShot",
     "Polynomial",

@@ -93,6 +93,8 @@ class Pruner:
         self._groups_signature: dict | None = None
         self._groups: list[UnitGroup] = self._find_groups()  # validates `exclude` and that something is prunable
         check_layer_names(prune_options.layer_sparsity, self._groups)
+        if prune_options.regularizer is not None:
+            prune_options.regularizer.check(model, self._groups, granularity_.name)
         self._attach_masks_for_ddp()
         self._step = 0
         self._target: float | None = 0.0 if sparsity is not None or prune_options.layer_sparsity is not None else None
@@ -125,7 +127,11 @@ class Pruner:
         return result
 
     def penalty(self) -> torch.Tensor:
-        """The sparsity-inducing term to add to the loss (zero: this method needs none)."""
+        """The sparsity-inducing term to add to the loss: the `regularizer` option's term on the
+        weights as they are now (zero without one)."""
+        regularizer = self.request.options.regularizer
+        if regularizer is not None and self._state == "live":
+            return regularizer.term(self.model, self._find_groups())
         parameter = next(self.model.parameters(), None)
         return torch.zeros((), device=parameter.device if parameter is not None else None)
 

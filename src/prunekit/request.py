@@ -13,6 +13,7 @@ from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
 from prunekit.masking import named_effective_parameters
+from prunekit.regularizers import Regularizer
 from prunekit.select import SCOPES
 from prunekit.stats import LossFn
 
@@ -26,6 +27,9 @@ class PruneOptions:
     * `seed`: for random scores
     * `round_to`: structured: each layer keeps a multiple of this many units
     * `num_batches`: at most this many batches of `data` are used for statistics
+    * `regularizer`: a ``prunekit.regularizers`` penalty (``L1``, ``GroupLasso``, ``BNScale``)
+      that ``Pruner.penalty()`` returns for the training loss, so training drives what will be
+      pruned towards zero
     * `remove`: structured: remove the pruned units physically at each pruning step instead of
       masking them (the model's parameters change: rebuild the optimiser afterwards)
     * `layer_sparsity`: ``{group name: fraction of its units to remove}`` (layer scope; groups
@@ -40,6 +44,7 @@ class PruneOptions:
     round_to: int | None = None
     num_batches: int = 8
     remove: bool = False
+    regularizer: Regularizer | None = None
     layer_sparsity: Mapping[str, float] | None = None
 
     @classmethod
@@ -86,6 +91,7 @@ class PruneRequest:
                         for item in options.exclude],
             "seed": options.seed, "round_to": options.round_to, "num_batches": options.num_batches,
             "remove": options.remove,
+            "regularizer": options.regularizer.to_dict() if options.regularizer is not None else None,
             "layer_sparsity": dict(options.layer_sparsity) if options.layer_sparsity is not None else None,
         }
 
@@ -164,6 +170,9 @@ def _check_options(options: PruneOptions, granularity: Granularity) -> None:
         raise PrunekitError(f"seed must be an int, got {options.seed!r}")
     if not (_is_int(options.num_batches) and options.num_batches >= 1):
         raise PrunekitError(f"num_batches must be an int >= 1, got {options.num_batches!r}")
+    if options.regularizer is not None and not isinstance(options.regularizer, Regularizer):
+        raise PrunekitError(f"regularizer must be a prunekit.regularizers penalty such as L1(1e-4), GroupLasso(1e-4) "
+                            f"or BNScale(1e-4); got {options.regularizer!r}")
     if options.loss_fn is not None and not callable(options.loss_fn):
         raise PrunekitError(f"loss_fn must be a function (outputs, targets) -> loss, got {options.loss_fn!r}")
 
