@@ -60,7 +60,8 @@ def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup],
     elif criterion.needs is not None:
         kind = granularity.collectors[criterion.needs]
         probes = granularity.probes(model, groups, kind)
-        observed = stats.collect(kind, model, probes, step.data, options.loss_fn, options.num_batches)
+        source = step.example_inputs if kind in stats.INPUT_ONLY else step.data
+        observed = stats.collect(kind, model, probes, source, options.loss_fn, options.num_batches)
     evidence = granularity.evidence(model, groups, observed)
     generator = torch.Generator().manual_seed(options.seed)
     scores = {}

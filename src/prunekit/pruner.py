@@ -25,6 +25,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
+from prunekit.layers.init_bounds import warn_if_trained
 from prunekit.loop_state import LoopState
 from prunekit.masking import bake, refuse_foreign_masks, release_masks
 from prunekit.pipeline import Pass, attach_full_masks, prune_pass, remove_units, with_floor
@@ -95,6 +96,7 @@ class Pruner:
         check_layer_names(prune_options.layer_sparsity, self._groups)
         if prune_options.regularizer is not None:
             prune_options.regularizer.check(model, self._groups, granularity_.name)
+        warn_if_trained(model, criterion.name)
         self._attach_masks_for_ddp()
         self._step = 0
         self._target: float | None = 0.0 if sparsity is not None or prune_options.layer_sparsity is not None else None

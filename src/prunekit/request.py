@@ -210,6 +210,10 @@ def validate_request(request: PruneRequest, data: Iterable | None, example_input
         raise unknown_name("scope", request.scope, SCOPES)
     if gradients_from_loop:
         _check_loop_gradients(request, granularity, criterion)
+    elif criterion.needs == "synflow":
+        if example_inputs is None:
+            raise PrunekitError(f"method '{request.method}' needs no data but feeds the model ones shaped like "
+                                "its inputs: pass example_inputs=<a small batch of inputs>")
     elif criterion.needs is not None and data is None:
         raise PrunekitError(
             f"method '{request.method}' needs data (it scores by {criterion.needs}): pass "

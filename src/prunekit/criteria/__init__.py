@@ -37,6 +37,7 @@ NEEDS = MappingProxyType({
     "signal.grad_abs": "gradients",
     "signal.taylor": "gradients",
     "removal_cost": "removal-loss",
+    "signal.synflow": "synflow",
 })
 
 
@@ -81,6 +82,12 @@ CRITERIA: MappingProxyType = MappingProxyType({criterion.name: criterion for cri
     Criterion("taylor", observed.taylor,
               "mean |x * dL/dx| over data (first-order Taylor estimate of the loss change when the weight or "
               "activation x is removed)", "signal.taylor"),
+    Criterion("snip", observed.taylor,
+              "|w * dL/dw| on a batch of the untrained model (SNIP, Lee et al. 2019: prune at initialisation, "
+              "then train); use num_batches=1", "signal.taylor"),
+    Criterion("synflow", observed.taylor,
+              "|w * dR/dw|, R the output sum of the all-positive network on ones (SynFlow, Tanaka et al. 2020: "
+              "data-free, prune at initialisation in many small steps)", "signal.synflow"),
     Criterion("activation-mean", observed.activation_mean, "mean |activation| over data (heads: mean L2 norm "
               "of the head's contribution to the attention output)", "activation.mean_abs"),
     Criterion("apoz", observed.apoz, "average percentage of zeros after ReLU (most silent first)",

@@ -30,8 +30,8 @@ class UnstructuredGranularity(Granularity):
     name = "unstructured"
     unit = "weight"
     default_method = "magnitude"
-    provides = frozenset({"weight", "signal.grad_abs", "signal.taylor"})
-    collectors = MappingProxyType({"gradients": "weight-gradients"})
+    provides = frozenset({"weight", "signal.grad_abs", "signal.taylor", "signal.synflow"})
+    collectors = MappingProxyType({"gradients": "weight-gradients", "synflow": "synflow"})
     min_keep = 0
     normalize = False
     supports_threshold = True

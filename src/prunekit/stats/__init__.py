@@ -10,6 +10,7 @@ gathers. A granularity says where to look (``probes``); the pipeline calls ``col
     activation-gradients  ActivationPoint             ... plus "grad_abs", "taylor" per channel
     head-outputs          head UnitGroups             mean norm of each head's contribution
     removal-loss          block names                 loss increase when the block is skipped
+    synflow               parameter names             |dR/dw| on an all-positive copy fed ones (no data)
 
 Under ``torch.distributed`` (``prunekit.distributed``) every collector sums what it saw with the
 other ranks before averaging, so each rank gets the statistics of all ranks' data together and
@@ -33,6 +34,10 @@ from prunekit.stats.heads import collect_head_norms, head_output_norms
 from prunekit.state import preserved_state
 from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 from prunekit.stats.removal import mean_loss, removal_costs
+from prunekit.stats.synflow import collect_synflow
+
+#: kinds that read no data, only the shape of the example inputs (passed in place of `data`)
+INPUT_ONLY = frozenset({"synflow"})
 
 #: ``collector(model, probes, data, loss_fn, num_batches) -> {probe key: observation}``
 Collector = Callable[[nn.Module, Sequence, Iterable, "LossFn | None", int], dict[str, Any]]
@@ -50,8 +55,13 @@ def _weight_gradients(model, names, data, loss_fn, num_batches):
     return collect_gradient_stats(model, data, names, loss_fn, num_batches)
 
 
+def _synflow(model, names, example_inputs, loss_fn, num_batches):
+    return collect_synflow(model, names, example_inputs)
+
+
 COLLECTORS: MappingProxyType = MappingProxyType({
     "weight-gradients": _weight_gradients,
+    "synflow": _synflow,
     "activations": _activations,
     "activation-gradients": _activation_gradients,
     "head-outputs": collect_head_norms,
@@ -75,7 +85,7 @@ def collect(kind: str, model: nn.Module, probes: Sequence, data: Iterable, loss_
 
 
 __all__ = [
-    "COLLECTORS", "ActivationPoint", "LossFn", "capture_outputs", "collect", "collect_activation_stats",
+    "COLLECTORS", "INPUT_ONLY", "ActivationPoint", "LossFn", "capture_outputs", "collect", "collect_activation_stats",
     "collect_gradient_stats", "collect_head_norms", "for_each_batch", "head_output_norms", "mean_loss",
     "loss_or_default", "preserved_state", "removal_costs",
 ]
