@@ -122,22 +122,28 @@ def test_harness_records_accuracy_right_after_one_shot_pruning(tmp_path):
     (dict(schedule="agp", finetune_epochs=0), "finetune-epochs >= 1"),
     (dict(schedule="agp", methods=("hybrid:l1@0.5+magnitude",)), "oneshot"),
     (dict(schedule="nope"), "schedule"),
+    (dict(schedule="lottery", budget="sparsity=0.5"), "does not take --budget"),
+    (dict(schedule="lottery", distill=True), "drop --distill"),
+    (dict(schedule="iterative", tolerance=1.0, allocation="lamp"), "does not take --budget"),
+    (dict(schedule="gradient", methods=("gradient",), budget="sparsity=0.5"), "does not take --budget"),
+    (dict(schedule="iterative", tolerance=1.0, sparsities=(0.0,)), "where the search starts"),
 ])
 def test_harness_refuses_a_schedule_it_cannot_run_before_training(tmp_path, kwargs, message):
-    settings = dict(methods=("magnitude",), finetune_epochs=1, cache_dir=str(tmp_path), progress=False)
+    settings = dict(methods=("magnitude",), sparsities=(0.5,), finetune_epochs=1, cache_dir=str(tmp_path),
+                    progress=False)
     settings.update(kwargs)
-    config = CompareConfig("lenet300", "digits", sparsities=(0.5,), **settings)
+    config = CompareConfig("lenet300", "digits", **settings)
     with pytest.raises(PrunekitError, match=message):
         run_compare(config)
     assert not list(tmp_path.iterdir())  # refused before any baseline was trained
 
 
 def test_harness_lottery_gives_the_ticket_and_its_reinitialised_control(tmp_path):
-    config = CompareConfig("lenet300", "digits", ("magnitude",), (0.5,), train_epochs=1, cache_dir=str(tmp_path),
+    config = CompareConfig("lenet300", "digits", ("magnitude",), (0.5,), train_epochs=2, cache_dir=str(tmp_path),
                            progress=False, schedule="lottery", round_to=None)
     ticket, control = run_compare(config)
     assert (ticket["schedule"], control["schedule"]) == ("lottery", "lottery-reinit")
-    assert ticket["epochs_spent"] == rounds_for(0.5) + 1 and control["epochs_spent"] == 1
+    assert ticket["epochs_spent"] == 2 * (rounds_for(0.5) + 1) and control["epochs_spent"] == 2
     assert ticket["sparsity_achieved"] == pytest.approx(0.5, abs=1e-3)
     assert ticket["params_nonzero"] == control["params_nonzero"]  # the same masks
     assert [r["sparsity"] for r in ticket["lottery_rounds"]][0] == 0.0

@@ -262,3 +262,48 @@ def test_lottery_on_channels_rewinds_and_removes_the_masked_channels_at_finalize
     pruner.finalize()
     assert model[0].out_channels == 4 and model[3].out_channels == 3
     torch.testing.assert_close(model(images), masked_outputs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    (Polynomial(0.0, 0.9, 0, 4, 2), [0.0, 0.3 * (1 - 0.5 ** 3), 0.3]),
+    (Iterative(levels=(0.45, 0.9), every=2), [0.15, 0.3]),
+])
+def test_per_layer_targets_ramp_with_a_schedule_that_sets_its_own_final(schedule, expected):
+    model = mlp()
+    pruner = Pruner(model, "magnitude", schedule=schedule, layer_sparsity={"0.weight": 0.3, "2.weight": 0.3})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    reached = []
+    _loop(model, pruner, optimizer, 5, lambda step, result: reached.append(result.layer_sparsity["0.weight"]))
+    assert reached == pytest.approx(expected, abs=1 / 320)
+
+
+def test_gradient_sums_start_afresh_after_each_pruning():
+    model = mlp()
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
+    pruner = Pruner(model, scope="global", schedule=GradientThreshold(theta=0.004, begin_step=1, end_step=3,
+                                                                      frequency=2))
+    _loop(model, pruner, optimizer, 2)  # prunes at step 1 on passes 0-1
+    first = {name: mask.clone() for name, mask in get_masks(model).items()}
+    since = {name: torch.zeros_like(keep, dtype=torch.float32) for name, keep in first.items()}
+    # the reference replays the same updates with the first masks, summing |grad| of passes 2-3 only
+    for step in range(4):
+        loss = nn.functional.cross_entropy(reference(X), Y)
+        loss.backward()
+        for i in (0, 2, 4):
+            if step >= 1:
+                reference[i].weight.grad *= first[f"{i}.weight"]  # masked weights get no gradient
+            if step >= 2:
+                since[f"{i}.weight"] += reference[i].weight.grad.abs()
+        ref_optimizer.step()
+        ref_optimizer.zero_grad()
+        if step == 1:
+            with torch.no_grad():
+                for i in (0, 2, 4):
+                    reference[i].weight *= first[f"{i}.weight"]
+    _loop(model, pruner, optimizer, 2)  # prunes at step 3 on passes 2-3
+    for name, keep in get_masks(model).items():
+        expected = first[name] & ((since[name] / 2) >= 0.004)
+        assert torch.equal(keep, expected), name
+    assert pruner._loop.gradients._handles == []  # the schedule is over: hooks removed

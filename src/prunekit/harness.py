@@ -176,7 +176,7 @@ def _round_to(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: in
         return model
 
     choice = preferred_channel_multiple(baseline.model, prune_copy, latency_batch, cache=cache,
-                                        cache_key=(spec.granularity, config.scope, sparsity))
+                                        cache_key=(spec.granularity, spec.method, config.scope, sparsity))
     return choice.round_to, choice
 
 
@@ -311,6 +311,7 @@ def _check_schedule(config: CompareConfig, specs: list[MethodSpec]) -> None:
                             "iterative and a tolerance >= 0 (points of accuracy)")
     if config.schedule == "oneshot":
         return
+    _check_schedule_options(config)
     if config.schedule != "lottery" and config.tolerance is None and config.finetune_epochs < 1:
         raise PrunekitError(f"schedule '{config.schedule}' prunes during fine-tuning; give --finetune-epochs >= 1")
     for spec in specs:
@@ -321,6 +322,21 @@ def _check_schedule(config: CompareConfig, specs: list[MethodSpec]) -> None:
                                               or spec.method not in ("gradient", "taylor")):
             raise PrunekitError(f"schedule 'gradient' prunes weights by the |gradient| summed while training: use "
                                 f"--methods gradient (or taylor), unstructured; got '{spec.label}'")
+
+
+def _check_schedule_options(config: CompareConfig) -> None:
+    """Settings a lottery run, the sparsity search or the gradient schedule would silently ignore."""
+    kind = ("--schedule lottery" if config.schedule == "lottery" else "--tolerance (the sparsity search)"
+            if config.tolerance is not None else f"--schedule {config.schedule}")
+    if (config.schedule == "lottery" or config.tolerance is not None or config.schedule == "gradient") and (
+            config.budget is not None or config.allocation is not None):
+        raise PrunekitError(f"{kind} chooses its own sparsities; it does not take --budget or --allocation")
+    if config.schedule == "lottery" and config.distill:
+        raise PrunekitError("--schedule lottery trains from the initialisation, with no dense teacher to distill "
+                            "from; drop --distill")
+    if config.tolerance is not None and not all(0.0 < sparsity < 1.0 for sparsity in config.sparsities):
+        raise PrunekitError(f"with --tolerance, --sparsity is where the search starts: a value in (0, 1); got "
+                            f"{config.sparsities}")
 
 
 def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = None) -> list[dict]:

@@ -33,13 +33,13 @@ def lottery_runs(config, spec, sparsity: float, seed: int, example, record: Reco
     outcome = run_lottery(LotterySettings(config.model, config.dataset, spec.method, spec.granularity, config.scope,
                                           sparsity, seed, epochs_per_round=config.train_epochs,
                                           progress=config.progress), example)
-    per_round = outcome.epochs_spent // max(len(outcome.rounds) - 1, 1)
     ticket = record(outcome.ticket, outcome.result, {
         "accuracy_pruned": outcome.watch.measured, "prune_seconds": outcome.watch.seconds,
         "epochs_spent": outcome.epochs_spent, "lottery_rounds": outcome.rounds,
     })
     control = record(outcome.control, outcome.result, {
-        "schedule": "lottery-reinit", "accuracy_pruned": None, "prune_seconds": 0.0, "epochs_spent": per_round,
+        "schedule": "lottery-reinit", "accuracy_pruned": None, "prune_seconds": 0.0,
+        "epochs_spent": outcome.epochs_per_round,
     })
     return [ticket, control]
 

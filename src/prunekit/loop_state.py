@@ -41,14 +41,17 @@ class GradientSums:
     def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
         self.names = tuple(names)
         self._params = {name: original_parameter(model, name) for name in self.names}
-        self.sums = {name: torch.zeros_like(param, memory_format=torch.contiguous_format)
+        # float32 sums whatever the parameters' dtype (many bf16 additions would lose the later ones)
+        self.sums = {name: torch.zeros(param.shape, dtype=torch.float32, device=param.device)
                      for name, param in self._params.items()}
         self.counts = {name: 0 for name in self.names}
         self._handles = [param.register_hook(self._adder(name)) for name, param in self._params.items()]
 
     def _adder(self, name: str):
         def add(grad: torch.Tensor) -> None:
-            self.sums[name].add_(grad.detach().abs())
+            if self.sums[name].device != grad.device:  # the model moved (.to(device)) after the Pruner was built
+                self.sums[name] = self.sums[name].to(grad.device)
+            self.sums[name].add_(grad.detach().abs().float())
             self.counts[name] += 1
         return add
 
@@ -61,8 +64,14 @@ class GradientSums:
         """Mean |grad| per parameter since the last reset (zeros where nothing arrived); under
         torch.distributed, over the backward passes of every rank (each rank's hooks see its own
         gradients, before DDP averages them)."""
+        return self.reduced()[0]
+
+    def reduced(self) -> tuple[dict[str, torch.Tensor], int]:
+        """The mean (see :meth:`mean`) and the backward passes counted over every rank, from one
+        collective that every rank joins (so a rank that saw no pass cannot leave the others waiting)."""
         totals = all_reduce_sum({"sums": self.sums, "counts": self.counts})
-        return {name: totals["sums"][name] / max(totals["counts"][name], 1) for name in self.names}
+        mean = {name: totals["sums"][name] / max(totals["counts"][name], 1) for name in self.names}
+        return mean, max(totals["counts"].values(), default=0)
 
     def reset(self) -> None:
         for name in self.names:
@@ -149,13 +158,14 @@ class LoopState:
         torch.distributed), or unchanged when the schedule needs none."""
         if self.gradients is None:
             return step_pass
-        if self.gradients.passes == 0:
+        mean, passes = self.gradients.reduced()
+        if passes == 0:
             raise PrunekitError(
                 f"{type(self.schedule).__name__} prunes by the |gradient| summed in the training loop, but no "
                 "backward pass reached the pruned weights since the last pruning; call pruner.step() after "
                 "loss.backward() (and optimizer.step())"
             )
-        return replace(step_pass, observed=self.gradients.mean())
+        return replace(step_pass, observed=mean)
 
     def after_pruning(self, model: nn.Module, step: int, result: PruneResult) -> PruneResult:
         """Start new gradient sums; rewind the surviving weights when the schedule says so."""

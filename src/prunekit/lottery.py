@@ -64,6 +64,7 @@ class LotteryOutcome:
     rounds: list[dict] = field(default_factory=list)  # {"sparsity", "accuracy"} after each round's training
     control_accuracy: float = 0.0
     epochs_spent: int = 0
+    epochs_per_round: int = 0
     controls: list[dict] = field(default_factory=list)  # {"sparsity", "ticket", "control"} for `controls_at`
 
 
@@ -144,5 +145,6 @@ def run_lottery(settings: LotterySettings, example_inputs: torch.Tensor | None =
     return LotteryOutcome(
         ticket=model, control=control, result=result, watch=watch,
         rounds=[{key: entry[key] for key in ("sparsity", "accuracy")} for entry in [before.seen[0], *seen]],
-        control_accuracy=control_accuracy, epochs_spent=epochs * (rounds + 1), controls=controls,
+        control_accuracy=control_accuracy, epochs_spent=epochs * (rounds + 1), epochs_per_round=epochs,
+        controls=controls,
     )

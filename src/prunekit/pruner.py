@@ -126,6 +126,8 @@ class Pruner:
             self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
             self._add_record(result.shrink_record)
         self._step = step + 1  # only once the step went through: a failed step can be retried
+        if self.schedule.finished(self._step):
+            self._loop.close()  # no pruning left: stop summing gradients on every backward pass
         return result
 
     def penalty(self) -> torch.Tensor:
@@ -274,8 +276,11 @@ def _layer_targets(schedule: Schedule, step: int, groups: list[UnitGroup], reque
     finals = {group.name: layer_sparsity.get(group.name, default) for group in groups}
     total = sum(group.num_units for group in groups)
     overall_final = sum(finals[group.name] * group.num_units for group in groups) / max(total, 1)
-    share = schedule.sparsity_at(step, overall_final) / overall_final if overall_final > 0 else 0.0
-    per_group = {name: min(final, final * share) for name, final in finals.items()}
+    # the schedule's progress towards its own final target (a Polynomial(final=...) or explicit
+    # Iterative levels ignore the `final` they are given), as a share of the way
+    reference = request.sparsity if request.sparsity else overall_final
+    share = min(1.0, schedule.sparsity_at(step, reference) / reference) if reference > 0 else 0.0
+    per_group = {name: final * share for name, final in finals.items()}
     return sum(per_group[group.name] * group.num_units for group in groups) / max(total, 1), per_group
 
 
