@@ -164,15 +164,11 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
     print(f"\nwritten: {json_path} and {png_path}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for the ``prunekit`` command."""
+def _add_compare_arguments(compare: argparse.ArgumentParser) -> None:
+    """The options of ``prunekit compare``."""
     from prunekit.granularity import GRANULARITIES
     from prunekit.recovery import SCHEDULE_NAMES
 
-    parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    compare = commands.add_parser("compare", help="compare pruning methods on one model and dataset")
     compare.add_argument("--model", required=True, help="zoo model name, see 'prunekit list'")
     compare.add_argument("--dataset", required=True, help="bundled dataset name, see 'prunekit list'")
     compare.add_argument("--methods", type=_names, required=True, help="comma-separated, see 'prunekit methods'")
@@ -207,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--distill", action="store_true",
                          help="fine-tune with distillation from the dense model (soft targets + labels)")
     compare.add_argument("--out", default="runs/compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for the ``prunekit`` command."""
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compare = commands.add_parser("compare", help="compare pruning methods on one model and dataset")
+    _add_compare_arguments(compare)
     compare.set_defaults(handler=_cmd_compare)
 
     demo = commands.add_parser("demo", help="a 3-minute comparison on bundled data")
