@@ -162,3 +162,16 @@ def test_harness_search_reports_the_highest_sparsity_within_the_tolerance(tmp_pa
                            round_to=None)
     with pytest.raises(PrunekitError, match="no sparsity stays within 0.0 points"):
         run_compare(strict)  # with no fine-tuning, 50% of an undertrained model costs accuracy
+
+
+@pytest.mark.parametrize("method", ["synflow", "snip"])
+def test_harness_prunes_at_initialisation_and_trains_for_the_same_total_epochs(tmp_path, method):
+    config = CompareConfig("lenet300", "digits", (method,), (0.8,), finetune_epochs=1, train_epochs=1,
+                           cache_dir=str(tmp_path), progress=False, round_to=None)
+    (run,) = run_compare(config)
+    assert run["schedule"] == "at-initialisation" and run["epochs_spent"] == 2  # baseline 1 + fine-tune 1
+    assert run["sparsity_achieved"] == pytest.approx(0.8, abs=1e-3)
+    assert run["accuracy"] > run["accuracy_pruned"]  # trained after pruning
+    with pytest.raises(PrunekitError, match="drop --distill"):
+        run_compare(CompareConfig("lenet300", "digits", (method,), (0.8,), cache_dir=str(tmp_path),
+                                  progress=False, distill=True))

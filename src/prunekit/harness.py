@@ -28,8 +28,9 @@ from prunekit.metrics import count_macs, count_params, paired_latency
 from prunekit.hybrid import prune_hybrid
 from prunekit.methods import MethodSpec, parse_method_spec
 from prunekit.callbacks import PrunerCallback
-from prunekit.harness_schedules import lottery_runs, search_run
-from prunekit.recovery import SCHEDULE_NAMES, Distillation, PruningWatch, finetune_lr, schedule_for
+from prunekit.harness_schedules import at_init_run, check_schedule, lottery_runs, search_run
+from prunekit.layers.init_bounds import AT_INITIALISATION
+from prunekit.recovery import Distillation, PruningWatch, finetune_lr, schedule_for
 from prunekit.pruner import Pruner, finalize
 from prunekit.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity
 from prunekit.types import PruneResult
@@ -236,6 +237,8 @@ def _runs(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: int, b
 
     if config.schedule == "lottery":
         return lottery_runs(config, spec, sparsity, seed, tensors[0], record)
+    if spec.method in AT_INITIALISATION:
+        return [at_init_run(config, spec, sparsity, seed, tensors[0], record)]
     if config.tolerance is not None:
         def fine_tune(model: nn.Module, pruner: Pruner) -> None:
             _fine_tune(model, config, seed, train_loader, [], baseline.model, PruningWatch([], lambda: None))
@@ -302,43 +305,6 @@ def _runs_for(spec: MethodSpec, config: CompareConfig) -> tuple[float | None, ..
     return (spec.sparsity,) if spec.sparsity is not None else config.sparsities
 
 
-def _check_schedule(config: CompareConfig, specs: list[MethodSpec]) -> None:
-    """Refuse, before any training, a schedule the methods or the budget cannot run."""
-    if config.schedule not in SCHEDULE_NAMES:
-        raise unknown_name("schedule", config.schedule, SCHEDULE_NAMES)
-    if config.tolerance is not None and (config.schedule != "iterative" or not config.tolerance >= 0):
-        raise PrunekitError(f"--tolerance {config.tolerance} asks for the sparsity search: use it with --schedule "
-                            "iterative and a tolerance >= 0 (points of accuracy)")
-    if config.schedule == "oneshot":
-        return
-    _check_schedule_options(config)
-    if config.schedule != "lottery" and config.tolerance is None and config.finetune_epochs < 1:
-        raise PrunekitError(f"schedule '{config.schedule}' prunes during fine-tuning; give --finetune-epochs >= 1")
-    for spec in specs:
-        if spec.granularity == "hybrid":
-            raise PrunekitError(f"'{spec.label}' is a two-stage recipe pruned once; run hybrid methods with "
-                                "--schedule oneshot")
-        if config.schedule == "gradient" and (spec.granularity != "unstructured"
-                                              or spec.method not in ("gradient", "taylor")):
-            raise PrunekitError(f"schedule 'gradient' prunes weights by the |gradient| summed while training: use "
-                                f"--methods gradient (or taylor), unstructured; got '{spec.label}'")
-
-
-def _check_schedule_options(config: CompareConfig) -> None:
-    """Settings a lottery run, the sparsity search or the gradient schedule would silently ignore."""
-    kind = ("--schedule lottery" if config.schedule == "lottery" else "--tolerance (the sparsity search)"
-            if config.tolerance is not None else f"--schedule {config.schedule}")
-    if (config.schedule == "lottery" or config.tolerance is not None or config.schedule == "gradient") and (
-            config.budget is not None or config.allocation is not None):
-        raise PrunekitError(f"{kind} chooses its own sparsities; it does not take --budget or --allocation")
-    if config.schedule == "lottery" and config.distill:
-        raise PrunekitError("--schedule lottery trains from the initialisation, with no dense teacher to distill "
-                            "from; drop --distill")
-    if config.tolerance is not None and not all(0.0 < sparsity < 1.0 for sparsity in config.sparsities):
-        raise PrunekitError(f"with --tolerance, --sparsity is where the search starts: a value in (0, 1); got "
-                            f"{config.sparsities}")
-
-
 def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = None) -> list[dict]:
     """Run the comparison and return one result dict per (seed, method, sparsity).
 
@@ -351,7 +317,7 @@ def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = N
         if not 0.0 <= sparsity < 1.0:
             raise PrunekitError(f"every sparsity must lie in [0, 1); got {sparsity}")
     specs = [parse_method_spec(text, config.granularity) for text in config.methods]
-    _check_schedule(config, specs)
+    check_schedule(config, specs)
     _check_allocation(config, specs)
     for spec in specs:
         if not _runs_for(spec, config):
