@@ -18,11 +18,14 @@ Y = torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(2))
 
 
 def test_l1_term_is_strength_times_the_sum_of_absolute_targeted_weights_masks_applied():
+    from prunekit.schedules import Iterative
+
     model = mlp()
-    pruner = Pruner(model, "magnitude", 0.5, scope="global", regularizer=L1(0.01))
+    pruner = Pruner(model, "magnitude", 0.5, scope="global", regularizer=L1(0.01),
+                    schedule=Iterative(levels=2, every=1))
     expected = 0.01 * sum(model[i].weight.abs().sum() for i in (0, 2, 4))  # biases are not targeted
     torch.testing.assert_close(pruner.penalty(), expected)
-    pruner.step()
+    pruner.step()  # the first of two prunings
     expected = 0.01 * sum(model[i].weight.abs().sum() for i in (0, 2, 4))  # pruned weights read as zero
     torch.testing.assert_close(pruner.penalty(), expected)
     with torch.no_grad():
@@ -109,3 +112,30 @@ def test_a_state_saved_with_another_penalty_is_refused():
     other = Pruner(model, "magnitude", 0.5, regularizer=L1(1e-3))
     with pytest.raises(PrunekitError, match="regularizer"):
         other.load_state_dict(state)
+
+
+def test_the_penalty_stops_once_the_schedule_has_pruned_for_the_last_time():
+    from prunekit.schedules import OneShot
+
+    model = mlp()
+    pruner = Pruner(model, "magnitude", 0.5, regularizer=L1(0.01), schedule=OneShot(at_step=1))
+    assert pruner.penalty().item() > 0
+    pruner.step()
+    assert pruner.penalty().item() > 0  # not pruned yet: the penalty still drives weights down
+    pruner.step()
+    assert pruner.penalty().item() == 0.0  # pruned: recovery trains without it
+
+
+def test_penalty_methods_are_compare_methods_of_the_right_granularity(tmp_path):
+    from prunekit.harness import CompareConfig, run_compare
+    from prunekit.methods import parse_method_spec
+
+    assert parse_method_spec("neuron:group-lasso").method == "group-lasso"
+    with pytest.raises(PrunekitError, match="neuron:group-lasso"):
+        parse_method_spec("group-lasso")  # unstructured by default: group lasso needs units
+    config = CompareConfig("lenet300", "digits", ("neuron:group-lasso", "l1-penalty"), (0.5,), scope="layer",
+                           finetune_epochs=2, train_epochs=1, cache_dir=str(tmp_path), progress=False, round_to=None)
+    lasso, l1 = run_compare(config)
+    assert (lasso["method"], lasso["granularity"], lasso["sparsity_achieved"]) == ("group-lasso", "neuron", 0.5)
+    assert lasso["params"] < lasso["params_dense"]  # the neurons were removed at the end
+    assert (l1["method"], l1["sparsity_achieved"]) == ("l1-penalty", 0.5)

@@ -32,6 +32,8 @@ from prunekit.harness_schedules import at_init_run, check_schedule, lottery_runs
 from prunekit.layers.init_bounds import AT_INITIALISATION
 from prunekit.recovery import Distillation, PruningWatch, finetune_lr, schedule_for
 from prunekit.pruner import Pruner, finalize
+from prunekit.regularizers import PENALTY_METHODS
+from prunekit.schedules import OneShot
 from prunekit.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity
 from prunekit.types import PruneResult
 from prunekit.widths import WidthChoice, preferred_channel_multiple
@@ -41,6 +43,10 @@ from prunekit.training import default_train_config, evaluate, get_baseline, trai
 #: Granularities whose kept counts ``round_to="auto"`` rounds to a measured multiple: convolution
 #: kernels compute output channels in blocks, so irregular channel counts waste time.
 AUTO_ROUND_TO = ("channel",)
+
+
+#: penalty methods train with their penalty for this share of the fine-tuning budget, then prune
+PENALTY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,17 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
                             scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed), []
     # the loss when units are removed is measured on held-out data, everything else on training data
-    needs = get_granularity(spec.granularity).criterion(spec.method).needs
+    criterion = PENALTY_METHODS[spec.method].criterion if spec.method in PENALTY_METHODS else spec.method
+    needs = get_granularity(spec.granularity).criterion(criterion).needs
     data = val_loader if needs == "removal-loss" else train_loader
     goal = _goal(model, spec, sparsity, config, seed, data, val_loader, example, round_to)
+    if spec.method in PENALTY_METHODS:  # train with the penalty for part of the budget, prune, recover without
+        method = PENALTY_METHODS[spec.method]
+        at_step = int(config.finetune_epochs * len(train_loader) * PENALTY_SHARE)
+        return None, [Pruner(model, method.criterion, sparsity, granularity=spec.granularity, scope=config.scope,
+                             data=data, example_inputs=example, exclude=config.exclude, seed=seed,
+                             schedule=OneShot(at_step=at_step), regularizer=method.penalty(method.strength),
+                             round_to=round_to)]
     if config.schedule != "oneshot":  # pruning happens inside the fine-tuning budget; units masked until finalize
         schedule = schedule_for(config.schedule, config.finetune_epochs * len(train_loader))
         return None, [Pruner(model, spec.method, granularity=spec.granularity, **goal,
@@ -162,7 +176,8 @@ def _round_to(config: CompareConfig, spec: MethodSpec, sparsity: float, seed: in
     the latency batch), measured once per granularity and target and kept in `cache`."""
     if spec.granularity == "hybrid" or not get_granularity(spec.granularity).supports_round_to:
         return None, None
-    if config.allocation is not None or config.budget is not None:  # allocated amounts are not probed
+    if config.allocation is not None or config.budget is not None or spec.method in PENALTY_METHODS:
+        # allocated amounts are not probed, nor a penalty method's (it prunes after training with the penalty)
         return (None if config.round_to == "auto" else config.round_to), None
     if config.round_to != "auto":
         return config.round_to, None

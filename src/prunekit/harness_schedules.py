@@ -21,6 +21,7 @@ from prunekit.granularity import get_granularity
 from prunekit.layers.init_bounds import AT_INITIALISATION
 from prunekit.lottery import LotterySettings, run_lottery
 from prunekit.recovery import SCHEDULE_NAMES
+from prunekit.regularizers import PENALTY_METHODS
 from prunekit.pruner import Pruner, finalize
 from prunekit.schedules import Iterative, OneShot
 from prunekit.search import search_sparsity
@@ -48,6 +49,9 @@ def check_schedule(config, specs) -> None:
     if config.schedule != "lottery" and config.tolerance is None and config.finetune_epochs < 1:
         raise PrunekitError(f"schedule '{config.schedule}' prunes during fine-tuning; give --finetune-epochs >= 1")
     for spec in specs:
+        if spec.method in PENALTY_METHODS:
+            raise PrunekitError(f"'{spec.label}' trains with its penalty and prunes half way through the fine-tuning "
+                                "budget; it runs with --schedule oneshot only")
         if spec.method in AT_INITIALISATION:
             raise PrunekitError(f"'{spec.label}' prunes at initialisation and then trains for the baseline's "
                                 f"epochs plus the fine-tuning budget; it runs with --schedule oneshot only")

@@ -4,6 +4,7 @@
     channel:l1                channel pruning by L1 norm at every sparsity
     neuron:taylor@0.5         neuron pruning pinned to 50% of the neurons
     hybrid:l1@0.5+magnitude   50% of channels/neurons by L1, then magnitude at every sparsity
+    neuron:group-lasso        train with a penalty (prunekit.regularizers.PENALTY_METHODS), then prune
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prunekit.criteria import criteria_for
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.hybrid import HYBRID_GRANULARITIES
+from prunekit.regularizers import PENALTY_METHODS
 
 SPEC_GRANULARITIES = (*GRANULARITIES, "hybrid")
 DEFAULT_HYBRID_UNIT_SPARSITY = 0.5
@@ -64,6 +66,11 @@ def parse_method_spec(text: str, default_granularity: str = "unstructured") -> M
         raise unknown_name("granularity", granularity, SPEC_GRANULARITIES)
     if granularity != "hybrid":
         method, sparsity = _split_budget(rest)
+        if method in PENALTY_METHODS:
+            if granularity not in PENALTY_METHODS[method].granularities:
+                raise PrunekitError(f"'{text}': {method} prunes {' / '.join(PENALTY_METHODS[method].granularities)} "
+                                    f"units; write e.g. '{PENALTY_METHODS[method].granularities[0]}:{method}'")
+            return MethodSpec(granularity, method, sparsity)
         get_granularity(granularity).criterion(method)
         return MethodSpec(granularity, method, sparsity)
     unit_part, plus, weight_part = rest.partition("+")

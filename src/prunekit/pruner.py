@@ -132,9 +132,10 @@ class Pruner:
 
     def penalty(self) -> torch.Tensor:
         """The sparsity-inducing term to add to the loss: the `regularizer` option's term on the
-        weights as they are now (zero without one)."""
+        weights as they are now, until the schedule's last pruning (recovery then trains without
+        it); zero without a regularizer."""
         regularizer = self.request.options.regularizer
-        if regularizer is not None and self._state == "live":
+        if regularizer is not None and self._state == "live" and not self.done:
             return regularizer.term(self.model, self._find_groups())
         parameter = next(self.model.parameters(), None)
         return torch.zeros((), device=parameter.device if parameter is not None else None)
