@@ -139,3 +139,6 @@ def test_penalty_methods_are_compare_methods_of_the_right_granularity(tmp_path):
     assert (lasso["method"], lasso["granularity"], lasso["sparsity_achieved"]) == ("group-lasso", "neuron", 0.5)
     assert lasso["params"] < lasso["params_dense"]  # the neurons were removed at the end
     assert (l1["method"], l1["sparsity_achieved"]) == ("l1-penalty", 0.5)
+    with pytest.raises(PrunekitError, match="finetune-epochs >= 2"):
+        run_compare(CompareConfig("lenet300", "digits", ("l1-penalty",), (0.5,), finetune_epochs=1,
+                                  cache_dir=str(tmp_path), progress=False))

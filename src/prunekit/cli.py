@@ -99,6 +99,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_methods(args: argparse.Namespace) -> None:
     from prunekit.criteria import criteria_for
     from prunekit.granularity import GRANULARITIES
+    from prunekit.regularizers import PENALTY_METHODS
 
     for name, granularity in GRANULARITIES.items():
         removal = "" if not granularity.removable else ", physically removed"
@@ -108,6 +109,9 @@ def _cmd_methods(args: argparse.Namespace) -> None:
             print(f"  {criterion.name:<20} {criterion.description}{needs}")
         print()
     print("hybrid: 'hybrid:<unit method>@<unit sparsity>+<weight method>' in 'prunekit compare --methods'")
+    print("trained with a penalty, then pruned (prunekit compare): " + ", ".join(
+        f"{' / '.join(method.granularities)}:{name} (then {method.criterion})"
+        for name, method in PENALTY_METHODS.items()))
 
 
 def _cmd_info(args: argparse.Namespace) -> None:

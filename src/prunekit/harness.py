@@ -149,7 +149,6 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
     criterion = PENALTY_METHODS[spec.method].criterion if spec.method in PENALTY_METHODS else spec.method
     needs = get_granularity(spec.granularity).criterion(criterion).needs
     data = val_loader if needs == "removal-loss" else train_loader
-    goal = _goal(model, spec, sparsity, config, seed, data, val_loader, example, round_to)
     if spec.method in PENALTY_METHODS:  # train with the penalty for part of the budget, prune, recover without
         method = PENALTY_METHODS[spec.method]
         at_step = int(config.finetune_epochs * len(train_loader) * PENALTY_SHARE)
@@ -157,6 +156,7 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
                              data=data, example_inputs=example, exclude=config.exclude, seed=seed,
                              schedule=OneShot(at_step=at_step), regularizer=method.penalty(method.strength),
                              round_to=round_to)]
+    goal = _goal(model, spec, sparsity, config, seed, data, val_loader, example, round_to)
     if config.schedule != "oneshot":  # pruning happens inside the fine-tuning budget; units masked until finalize
         schedule = schedule_for(config.schedule, config.finetune_epochs * len(train_loader))
         return None, [Pruner(model, spec.method, granularity=spec.granularity, **goal,

@@ -39,6 +39,10 @@ def check_schedule(config, specs) -> None:
     if config.tolerance is not None and (config.schedule != "iterative" or not config.tolerance >= 0):
         raise PrunekitError(f"--tolerance {config.tolerance} asks for the sparsity search: use it with --schedule "
                             "iterative and a tolerance >= 0 (points of accuracy)")
+    penalised = [spec.label for spec in specs if spec.method in PENALTY_METHODS]
+    if penalised and (config.budget is not None or config.allocation is not None or config.finetune_epochs < 2):
+        raise PrunekitError(f"{penalised[0]} trains with its penalty for half the fine-tuning budget, then prunes to "
+                            "--sparsity: give --finetune-epochs >= 2, and no --budget or --allocation")
     at_init = [spec.label for spec in specs if spec.method in AT_INITIALISATION]
     if at_init and config.distill:
         raise PrunekitError(f"{at_init[0]} prunes the untrained model and trains it from scratch, with no dense "
