@@ -10,7 +10,6 @@ budget, so every schedule gets the same total training: pruning steps count towa
 
 from __future__ import annotations
 
-import copy
 import math
 from types import MappingProxyType
 
@@ -67,6 +66,7 @@ class Distillation:
     >>> loss = Distillation(teacher, temperature=2.0, alpha=0.5)(student, torch.ones(2, 4), torch.tensor([0, 1]))
     >>> loss.shape, bool(loss > 0)
     (torch.Size([]), True)
+    >>> import copy
     >>> twin = copy.deepcopy(teacher)  # a student equal to its teacher has nothing left to learn from it
     >>> Distillation(teacher, alpha=1.0)(twin, torch.ones(2, 4), torch.tensor([0, 1])).item()
     0.0
