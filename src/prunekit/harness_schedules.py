@@ -119,8 +119,6 @@ def search_run(config, spec, start: float, seed: int, dense_model: nn.Module, lo
                             tolerance=config.tolerance, fine_tune=fine_tune, start=start, rate=SEARCH_RATE,
                             data=val_loader if needs == "removal-loss" else train_loader,
                             example_inputs=needs_example, exclude=config.exclude, seed=seed)
-    if found.result is None:
-        raise PrunekitError("the sparsity search accepted no level")  # search_sparsity raises first
     model = found.model
     finalize(model, spec.granularity if granularity.removable else None, needs_example)
     levels = len(found.history)

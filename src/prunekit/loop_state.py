@@ -33,7 +33,7 @@ class GradientSums:
     >>> sums = GradientSums(model, ["weight"])
     >>> for _ in range(2):
     ...     model(torch.ones(1, 2)).sum().backward()
-    >>> sums.mean()["weight"].tolist(), sums.passes
+    >>> sums.mean()["weight"].tolist(), sums.counts["weight"]
     ([[1.0, 1.0]], 2)
     >>> sums.close()
     """
@@ -54,11 +54,6 @@ class GradientSums:
             self.sums[name].add_(grad.detach().abs().float())
             self.counts[name] += 1
         return add
-
-    @property
-    def passes(self) -> int:
-        """Backward passes seen since the last reset (the most of any parameter)."""
-        return max(self.counts.values(), default=0)
 
     def mean(self) -> dict[str, torch.Tensor]:
         """Mean |grad| per parameter since the last reset (zeros where nothing arrived); under

@@ -80,8 +80,9 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
     `sparsity` of them (the lowest scores first): the sparsity is a cap. `layer_sparsity` gives
     the groups it names their own targets (layer scope)."""
     request, granularity = step.request, step.granularity
+    threshold = threshold if threshold is not None else request.threshold
     rule = SelectionRule(
-        sparsity=sparsity, threshold=request.threshold if sparsity is None else None, scope=request.scope,
+        sparsity=sparsity, threshold=threshold if sparsity is None else None, scope=request.scope,
         min_keep=granularity.min_keep, round_to=request.options.round_to, normalize=granularity.normalize,
         layer_sparsity=layer_sparsity,
     )
@@ -89,8 +90,6 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
     if threshold is not None and sparsity is not None:
         below = select(scores, replace(rule, sparsity=None, threshold=threshold))
         keep = {name: keep[name] | below[name] for name in keep}  # the cap keeps what the ratio keeps
-    elif threshold is not None:
-        keep = select(scores, replace(rule, sparsity=None, threshold=threshold))
     chosen = {group.name: keep[group.name] & kept[group.name].reshape(group.unit_shape) for group in groups}
     return with_floor(granularity, groups, chosen, scores)
 
