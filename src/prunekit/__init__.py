@@ -14,10 +14,11 @@ from prunekit.errors import PrunekitError
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.masking import apply_masks, bake, get_masks
 from prunekit.metrics import count_macs, count_params, measure_latency, summary
+from prunekit.predictor import MaskPredictor, PredictorConfig
 from prunekit.pruner import Pruner, finalize, prune, remove_masked_units
 from prunekit.request import PruneOptions
 from prunekit.recovery import Distillation
-from prunekit.regularizers import BNScale, GroupLasso, L1
+from prunekit.regularizers import BNScale, GroupLasso, L0, L1
 from prunekit.schedules import GradientThreshold, Iterative, Lottery, OneShot, Polynomial, Schedule
 from prunekit.search import SparsitySearch, search_sparsity
 from prunekit.select import SelectionRule, lamp_scores, select, select_by_ratio, select_by_threshold
@@ -38,10 +39,13 @@ __all__ = [
     "GradientThreshold",
     "GroupLasso",
     "Iterative",
+    "L0",
     "L1",
     "Lottery",
+    "MaskPredictor",
     "OneShot",
     "Polynomial",
+    "PredictorConfig",
     "PruneOptions",
     "PruneResult",
     "Pruner",

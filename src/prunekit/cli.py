@@ -99,19 +99,24 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_methods(args: argparse.Namespace) -> None:
     from prunekit.criteria import criteria_for
     from prunekit.granularity import GRANULARITIES
+    from prunekit.harness_movement import MOVEMENT_METHODS
     from prunekit.regularizers import PENALTY_METHODS
+    from prunekit.stats import LOOP_ONLY
 
     for name, granularity in GRANULARITIES.items():
         removal = "" if not granularity.removable else ", physically removed"
         print(f"granularity '{name}' (unit: {granularity.unit}{removal}):")
         for criterion in criteria_for(granularity.provides).values():
             needs = f"  [needs data: {criterion.needs}]" if criterion.needs else ""
+            needs = "  [needs training steps: a Pruner in your loop]" if criterion.needs in LOOP_ONLY else needs
             print(f"  {criterion.name:<20} {criterion.description}{needs}")
         print()
     print("hybrid: 'hybrid:<unit method>@<unit sparsity>+<weight method>' in 'prunekit compare --methods'")
     print("trained with a penalty, then pruned (prunekit compare): " + ", ".join(
         f"{' / '.join(method.granularities)}:{name} (then {method.criterion})"
         for name, method in PENALTY_METHODS.items()))
+    print("pruned while fine-tuning (prunekit compare): " + "; ".join(
+        f"{name} ({description})" for name, description in MOVEMENT_METHODS.items()))
 
 
 def _cmd_info(args: argparse.Namespace) -> None:

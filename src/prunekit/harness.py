@@ -28,6 +28,7 @@ from prunekit.metrics import count_macs, count_params, paired_latency
 from prunekit.hybrid import prune_hybrid
 from prunekit.methods import MethodSpec, parse_method_spec
 from prunekit.callbacks import PrunerCallback
+from prunekit.harness_movement import MOVEMENT_METHODS, movement_pruner
 from prunekit.harness_schedules import at_init_run, check_schedule, lottery_runs, search_run
 from prunekit.layers.init_bounds import AT_INITIALISATION
 from prunekit.recovery import Distillation, PruningWatch, finetune_lr, schedule_for
@@ -145,6 +146,9 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
     if spec.granularity == "hybrid":
         return prune_hybrid(model, spec.method, spec.sparsity, spec.weight_method, sparsity, example,
                             scope=config.scope, data=train_loader, exclude=config.exclude, seed=seed), []
+    if spec.method in MOVEMENT_METHODS:  # scores come from fine-tuning: pruning happens inside the budget
+        total_steps = config.finetune_epochs * len(train_loader)
+        return None, [movement_pruner(model, spec, sparsity, config, seed, total_steps)]
     # the loss when units are removed is measured on held-out data, everything else on training data
     criterion = PENALTY_METHODS[spec.method].criterion if spec.method in PENALTY_METHODS else spec.method
     needs = get_granularity(spec.granularity).criterion(criterion).needs
@@ -154,7 +158,7 @@ def _start_pruning(model: nn.Module, spec: MethodSpec, sparsity: float, config: 
         at_step = int(config.finetune_epochs * len(train_loader) * PENALTY_SHARE)
         return None, [Pruner(model, method.criterion, sparsity, granularity=spec.granularity, scope=config.scope,
                              data=data, example_inputs=example, exclude=config.exclude, seed=seed,
-                             schedule=OneShot(at_step=at_step), regularizer=method.penalty(method.strength),
+                             schedule=OneShot(at_step=at_step), regularizer=method.penalty(method.strength_for(spec.granularity)),
                              round_to=round_to)]
     goal = _goal(model, spec, sparsity, config, seed, data, val_loader, example, round_to)
     if config.schedule != "oneshot":  # pruning happens inside the fine-tuning budget; units masked until finalize

@@ -18,6 +18,7 @@ from torch import nn
 from prunekit.data import load_dataset, make_loader
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.granularity import get_granularity
+from prunekit.harness_movement import check_movement
 from prunekit.layers.init_bounds import AT_INITIALISATION
 from prunekit.lottery import LotterySettings, run_lottery
 from prunekit.recovery import SCHEDULE_NAMES
@@ -36,6 +37,7 @@ def check_schedule(config, specs) -> None:
     """Refuse, before any training, a schedule the methods or the budget cannot run."""
     if config.schedule not in SCHEDULE_NAMES:
         raise unknown_name("schedule", config.schedule, SCHEDULE_NAMES)
+    check_movement(config, specs)
     if config.tolerance is not None and (config.schedule != "iterative" or not config.tolerance >= 0):
         raise PrunekitError(f"--tolerance {config.tolerance} asks for the sparsity search: use it with --schedule "
                             "iterative and a tolerance >= 0 (points of accuracy)")

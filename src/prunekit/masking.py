@@ -12,7 +12,7 @@ parameters holding the zeros, so its state_dict loads into the unpruned architec
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -42,6 +42,17 @@ class KeepMask(nn.Module):
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         return original * self.keep_mask
+
+    # The interface masks and gates share (``prunekit.gates.GatedMask`` overrides both): what
+    # the parameter is multiplied by once training is over, and which entries that leaves.
+
+    def factor(self) -> torch.Tensor:
+        """What ``bake`` multiplies the stored values by: the keep-mask (0 / 1)."""
+        return self.keep_mask
+
+    def effective_keep(self) -> torch.Tensor:
+        """True where the baked parameter is not forced to zero (reported by ``get_masks``)."""
+        return self.keep_mask
 
 
 def split_name(fqn: str) -> tuple[str, str]:
@@ -220,7 +231,40 @@ def release_masks(model: nn.Module, owner: str | None = None) -> None:
 
 def get_masks(model: nn.Module) -> Masks:
     """Return a copy of every keep-mask attached to `model`, keyed by parameter name."""
-    return {name: keep.keep_mask.detach().clone() for name, keep in _keep_masks(model)}
+    return {name: keep.effective_keep().detach().clone() for name, keep in _keep_masks(model)}
+
+
+def gated_names(model: nn.Module) -> list[str]:
+    """The parameters whose mask also holds learned gates (see :func:`fold_gates`).
+
+    >>> gated_names(nn.Linear(2, 2))
+    []
+    """
+    return [fqn for fqn, keep in _keep_masks(model) if type(keep) is not KeepMask]
+
+
+def fold_gates(model: nn.Module) -> list[str]:
+    """Turn every learned gate on `model` into a plain keep-mask: the stored values of kept
+    entries are multiplied by their gate's deterministic value (so the model in eval mode
+    computes exactly what it did), entries whose gate is zero are masked. Returns the names.
+
+    >>> fold_gates(nn.Linear(2, 2))
+    []
+    """
+    folded = []
+    for fqn, keep in list(_keep_masks(model)):
+        if type(keep) is KeepMask:
+            continue
+        module_name, param_name = split_name(fqn)
+        module = model.get_submodule(module_name)
+        with torch.no_grad():
+            original = module.parametrizations[param_name].original
+            original.mul_(keep.factor().to(original.dtype))
+        plain = KeepMask(keep.effective_keep(), keep.owner, keep.param_order)
+        items = module.parametrizations[param_name]
+        items[list(items).index(keep)] = plain
+        folded.append(fqn)
+    return folded
 
 
 def _unmask_module(module: nn.Module, names: list[str], bake_zeros: bool) -> None:
@@ -243,7 +287,7 @@ def _unmask_module(module: nn.Module, names: list[str], bake_zeros: bool) -> Non
         original = module.parametrizations[name].original
         if bake_zeros:
             with torch.no_grad():
-                original.mul_(_mask_parametrization(module, name).keep_mask.to(original.dtype))
+                original.mul_(_mask_parametrization(module, name).factor().to(original.dtype))
         plain[name] = original
     del module._modules["parametrizations"]
     module.__class__ = module.__class__.__bases__[0]
@@ -317,61 +361,3 @@ def copy_model(model: nn.Module) -> nn.Module:
             if handler is not None:
                 handler.refresh(module)
     return copy.deepcopy(model)
-
-
-_NO_MASK, _KEPT, _PRUNED = 2.0, 1.0, 0.0
-
-
-def _mask_carrier(model: nn.Module) -> nn.Module:
-    """A copy of `model` without masks whose parameters encode them: 1 kept, 0 pruned, 2 unmasked."""
-    carrier = copy_model(model)
-    masks = strip_masks(carrier)
-    with torch.no_grad():
-        for name, param in carrier.named_parameters():
-            if param.is_floating_point():
-                mask = masks.get(name)
-                if mask is None:
-                    param.fill_(_NO_MASK)
-                else:
-                    param.copy_(torch.where(mask.to(param.device), _KEPT, _PRUNED))
-    return carrier
-
-
-def _carried_masks(carrier: nn.Module) -> Masks:
-    """The masks a carrier encodes after the same removal as the model (all-True ones dropped)."""
-    masks = {}
-    for name, param in carrier.named_parameters():
-        if param.is_floating_point() and not bool((param == _NO_MASK).all()):
-            keep = (param != _PRUNED).detach().cpu()
-            if not bool(keep.all()):
-                masks[name] = keep
-    return masks
-
-
-def remove_carrying_masks(model: nn.Module, remove: Callable[[nn.Module, bool], object],
-                          owner: str | None = None) -> object:
-    """Run a physical removal ``remove(model, check)`` on a model that may carry masks; returns
-    what `remove` returns.
-
-    Removal needs plain weights, so the masks come off first and go back on afterwards, sliced
-    exactly like the weights they mask (a removed unit takes its part of each mask with it; the
-    rest stays), so unstructured and structured pruning combine in any order. The removal is
-    rehearsed on a copy that carries the masks as values first, and a failed removal puts the
-    masks back, so on error the model is as it was. Masks a live Pruner other than `owner`
-    manages are refused; re-attached masks belong to nobody.
-    """
-    refuse_foreign_masks(model, owner)
-    owners = mask_owners(model)
-    if not owners:
-        return remove(model, True)
-    carrier = _mask_carrier(model)
-    remove(carrier, False)  # validates the request before the model is touched
-    masks = strip_masks(model)
-    try:
-        result = remove(model, True)
-    except BaseException:
-        for name, mask in masks.items():
-            apply_masks(model, {name: mask}, owners[name])
-        raise
-    apply_masks(model, _carried_masks(carrier))
-    return result

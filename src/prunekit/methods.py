@@ -15,6 +15,7 @@ from prunekit.criteria import criteria_for
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.hybrid import HYBRID_GRANULARITIES
+from prunekit.harness_movement import MOVEMENT_METHODS, check_movement_spec
 from prunekit.regularizers import PENALTY_METHODS
 
 SPEC_GRANULARITIES = (*GRANULARITIES, "hybrid")
@@ -66,11 +67,17 @@ def parse_method_spec(text: str, default_granularity: str = "unstructured") -> M
         raise unknown_name("granularity", granularity, SPEC_GRANULARITIES)
     if granularity != "hybrid":
         method, sparsity = _split_budget(rest)
+        if method in MOVEMENT_METHODS:  # pruned while fine-tuning (prunekit.harness_movement)
+            check_movement_spec(text, granularity)
+            return MethodSpec(granularity, method, sparsity)
         if method in PENALTY_METHODS:
             if granularity not in PENALTY_METHODS[method].granularities:
                 raise PrunekitError(f"'{text}': {method} prunes {' / '.join(PENALTY_METHODS[method].granularities)} "
                                     f"units; write e.g. '{PENALTY_METHODS[method].granularities[0]}:{method}'")
             return MethodSpec(granularity, method, sparsity)
+        if method == "predictor":
+            raise PrunekitError(f"'{text}': method 'predictor' needs a fitted MaskPredictor, which compare does not "
+                                "take; use the Python API (prunekit.predictor; see benchmarks/predictor_mnist.py)")
         get_granularity(granularity).criterion(method)
         return MethodSpec(granularity, method, sparsity)
     unit_part, plus, weight_part = rest.partition("+")

@@ -19,10 +19,12 @@ from torch import nn
 from prunekit import stats
 from prunekit.criteria import Criterion
 from prunekit.distributed import check_masks_agree
+from prunekit.gates import gate_scores
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity
-from prunekit.masking import apply_masks, get_masks, named_effective_parameters, remove_carrying_masks
+from prunekit.mask_carry import remove_carrying_masks
+from prunekit.masking import apply_masks, get_masks, named_effective_parameters
 from prunekit.metrics import count_params
 from prunekit.request import PruneRequest, require_example_inputs
 from prunekit.select import SelectionRule, keep_highest, select
@@ -63,6 +65,12 @@ def score_units(model: nn.Module, step: Pass, groups: Sequence[UnitGroup],
         source = step.example_inputs if kind in stats.INPUT_ONLY else step.data
         observed = stats.collect(kind, model, probes, source, options.loss_fn, options.num_batches)
     evidence = granularity.evidence(model, groups, observed)
+    if criterion.reads == "gate":
+        gates = gate_scores(model, groups)
+        evidence = {name: replace(item, gate=gates[name]) for name, item in evidence.items()}
+    if criterion.reads == "predicted":  # a trained MaskPredictor reads the weights and gradients just gathered
+        predicted = options.predictor.predict_evidence(model, evidence)
+        evidence = {name: replace(item, predicted=predicted[name]) for name, item in evidence.items()}
     generator = torch.Generator().manual_seed(options.seed)
     scores = {}
     for group in groups:
@@ -83,7 +91,8 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
     threshold = threshold if threshold is not None else request.threshold
     rule = SelectionRule(
         sparsity=sparsity, threshold=threshold if sparsity is None else None, scope=request.scope,
-        min_keep=granularity.min_keep, round_to=request.options.round_to, normalize=granularity.normalize,
+        min_keep=granularity.min_keep, round_to=request.options.round_to,
+        normalize=granularity.normalize and not step.criterion.comparable,
         layer_sparsity=layer_sparsity,
     )
     keep = select(scores, rule)

@@ -26,11 +26,13 @@ from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
 from prunekit.layers.init_bounds import warn_if_trained
-from prunekit.loop_state import LoopState
-from prunekit.masking import bake, refuse_foreign_masks, release_masks
+from prunekit.loop_state import LoopState, check_loop_schedule
+from prunekit.masking import bake, fold_gates, refuse_foreign_masks, release_masks
 from prunekit.pipeline import Pass, attach_full_masks, prune_pass, remove_units, with_floor
+from prunekit.predictor import MaskPredictor
+from prunekit.pruner_goal import check_regularizer, goal, layer_targets, options_from
 from prunekit.pruner_state import check_state, load_masks, own_masks
-from prunekit.request import (PruneOptions, PruneRequest, check_layer_names, model_signature, require_example_inputs,
+from prunekit.request import (PruneRequest, check_layer_names, model_signature, require_example_inputs,
                                validate_request)
 from prunekit.schedules import OneShot, Schedule
 from prunekit.state import preserved_state
@@ -71,15 +73,18 @@ class Pruner:
         self.schedule = OneShot() if schedule is None else schedule
         if not isinstance(self.schedule, Schedule):
             raise PrunekitError(f"schedule must be a prunekit.schedules.Schedule (e.g. OneShot()), got {schedule!r}")
-        prune_options = _options(options)
+        prune_options = options_from(options)
         if scope is None:  # per-layer targets are layer scope
             scope = "layer" if prune_options.layer_sparsity is not None else get_granularity(granularity).default_scope
         if method is None:
             method = self.schedule.default_method or get_granularity(granularity).default_method
-        sparsity, threshold = _goal(self.schedule, sparsity, threshold)
+        if method == "l0" and sparsity is None and threshold is None and prune_options.layer_sparsity is None:
+            threshold = 0.0  # L0 decides how much: units whose deterministic gate is shut go
+        sparsity, threshold = goal(self.schedule, sparsity, threshold)
         self.request = PruneRequest(method, granularity, scope, sparsity, threshold, prune_options)
         granularity_, criterion = validate_request(self.request, data, example_inputs,
                                                    gradients_from_loop=self.schedule.accumulates_gradients)
+        check_loop_schedule(method, criterion.needs, schedule)  # movement: no default schedule fits its loop
         if self.request.options.remove and granularity_.removable and not isinstance(self.schedule, OneShot):
             raise PrunekitError(
                 "remove=True removes units physically when the Pruner prunes, which suits a schedule that "
@@ -94,17 +99,20 @@ class Pruner:
         self._groups_signature: dict | None = None
         self._groups: list[UnitGroup] = self._find_groups()  # validates `exclude` and that something is prunable
         check_layer_names(prune_options.layer_sparsity, self._groups)
-        if prune_options.regularizer is not None:
-            prune_options.regularizer.check(model, self._groups, granularity_.name)
+        check_regularizer(model, self.request, self._groups, granularity_, criterion.reads)
+        if prune_options.predictor is not None:  # every targeted layer must be of a kind it was fitted on
+            prune_options.predictor.check_model(model, [group.name for group in self._groups])
         warn_if_trained(model, criterion.name)
         self._attach_masks_for_ddp()
+        if prune_options.regularizer is not None:
+            prune_options.regularizer.attach(model, self._groups, self._token)
         self._step = 0
         self._target: float | None = 0.0 if sparsity is not None or prune_options.layer_sparsity is not None else None
         self._achieved = 0.0
         self._state = "live"  # -> "finalized" | "released"
         self.shrink_record: ShrinkRecord | None = None
         self.last_result: PruneResult | None = None
-        self._loop = LoopState.start(model, self.schedule, [group.name for group in self._groups])
+        self._loop = LoopState.start(model, self.schedule, [group.name for group in self._groups], criterion.needs)
 
     # ------------------------------------------------------------------ the optimiser-like API
 
@@ -114,17 +122,22 @@ class Pruner:
         self._check_live("step()")
         step = self._step
         result = None
+        regularizer = self.request.options.regularizer
+        if regularizer is not None and not self.done:
+            regularizer.advance(self.model)
         self._loop.before_step(self.model, step)
         if self.schedule.prunes_at(step):
             sparsity = self.request.sparsity
             target = self.schedule.sparsity_at(step, sparsity) if sparsity is not None else None
-            target, layer_targets = _layer_targets(self.schedule, step, self._find_groups(), self.request, target)
+            target, per_layer = layer_targets(self.schedule, step, self._find_groups(), self.request, target)
             step_pass = self._loop.evidence_for(self._pass)
             result = prune_pass(self.model, step_pass, self._find_groups(), target, self._token,
-                                self.schedule.threshold_at(step), layer_sparsity=layer_targets)
+                                self.schedule.threshold_at(step), layer_sparsity=per_layer)
             result = self._loop.after_pruning(self.model, step, result)
             self._target, self._achieved, self.last_result = target, result.sparsity_achieved, result
             self._add_record(result.shrink_record)
+            if self.schedule.finished(step + 1):
+                fold_gates(self.model)  # learned gates become masks (kept weights keep their gate's value)
         self._step = step + 1  # only once the step went through: a failed step can be retried
         if self.schedule.finished(self._step):
             self._loop.close()  # no pruning left: stop summing gradients on every backward pass
@@ -178,6 +191,7 @@ class Pruner:
         self._check_live("finalize()")
         granularity = self._pass.granularity
         inputs = self._pass.example_inputs if example_inputs is None else example_inputs
+        fold_gates(self.model)  # gates that are shut mask their units, which then go like masked ones
         if granularity.removable and own_masks(self.model, self._token):
             self._add_record(_remove_masked_units(self.model, granularity, inputs, self._find_groups(), self._token))
         bake(self.model)
@@ -189,6 +203,7 @@ class Pruner:
         """Stop managing the model: its masks stay attached (pruned weights stay zero) but belong
         to nobody, so another Pruner may prune it further."""
         self._check_live("release()")
+        fold_gates(self.model)
         release_masks(self.model, self._token)
         self._loop.close()
         self._state = "released"
@@ -248,54 +263,6 @@ class Pruner:
                                                            self.request.options.exclude)
             self._groups_signature = signature
         return self._groups
-
-
-def _goal(schedule: Schedule, sparsity: float | None, threshold: float | None) -> tuple[float | None, float | None]:
-    """The request's sparsity and threshold once the schedule has had its say (its own final
-    target; a gradient threshold, which the schedule applies, stands in when no ratio is given)."""
-    sparsity = schedule.final_sparsity(sparsity)
-    theta = schedule.threshold_at(0)
-    if theta is not None:
-        if threshold is not None:
-            raise PrunekitError(f"{type(schedule).__name__}(theta={theta}) sets the threshold; do not pass "
-                                "threshold= to the Pruner as well")
-        if sparsity is None:
-            threshold = theta
-    return sparsity, threshold
-
-
-def _layer_targets(schedule: Schedule, step: int, groups: list[UnitGroup], request: PruneRequest,
-                   target: float | None) -> tuple[float | None, dict[str, float] | None]:
-    """With ``layer_sparsity``: each group's target at `step` and their unit-weighted mean (the
-    overall target). Every group follows the schedule in proportion to its own final amount
-    (groups it does not name: the request's `sparsity`), never past it; a one-shot schedule gives
-    the amounts exactly. Without ``layer_sparsity``: ``(target, None)``."""
-    layer_sparsity = request.options.layer_sparsity
-    if layer_sparsity is None:
-        return target, None
-    default = request.sparsity if request.sparsity is not None else 0.0
-    finals = {group.name: layer_sparsity.get(group.name, default) for group in groups}
-    total = sum(group.num_units for group in groups)
-    overall_final = sum(finals[group.name] * group.num_units for group in groups) / max(total, 1)
-    # the schedule's progress towards its own final target (a Polynomial(final=...) or explicit
-    # Iterative levels ignore the `final` they are given), as a share of the way
-    reference = request.sparsity if request.sparsity else overall_final
-    share = min(1.0, schedule.sparsity_at(step, reference) / reference) if reference > 0 else 0.0
-    per_group = {name: final * share for name, final in finals.items()}
-    return sum(per_group[group.name] * group.num_units for group in groups) / max(total, 1), per_group
-
-
-def _options(options: dict) -> PruneOptions:
-    """``PruneOptions`` from keyword arguments, or the one passed as ``options=``."""
-    given = options.get("options")
-    if given is None:
-        return PruneOptions.from_kwargs(options)
-    if not isinstance(given, PruneOptions) or len(options) > 1:
-        raise PrunekitError(
-            "pass either options=PruneOptions(...) alone or the options as keywords (exclude=..., seed=...), "
-            f"not {sorted(options)}"
-        )
-    return PruneOptions.from_kwargs({field: getattr(given, field) for field in given.__dataclass_fields__})
 
 
 def remove_masked_units(model: nn.Module, granularity: str, example_inputs: object = None,
@@ -361,6 +328,7 @@ def prune(
     round_to: int | None = None,
     remove: bool = True,
     layer_sparsity: Mapping[str, float] | None = None,
+    predictor: MaskPredictor | None = None,
 ) -> PruneResult:
     """Prune `model` in place once and report what changed (a :class:`Pruner` stepped once).
 
@@ -379,6 +347,7 @@ def prune(
     `scope` defaults to ``"layer"`` (``"global"`` for granularity ``"layer"``); ``"lamp"`` ranks
     globally by LAMP scores; see :class:`Pruner`. `layer_sparsity` (``{group name: fraction}``,
     e.g. from :func:`prunekit.allocate`) prunes each named layer to its own amount instead.
+    `predictor` is the fitted :class:`prunekit.predictor.MaskPredictor` method ``"predictor"`` reads.
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
@@ -389,7 +358,8 @@ def prune(
     """
     pruner = Pruner(model, method, sparsity, threshold=threshold, granularity=granularity, scope=scope, data=data,
                     example_inputs=example_inputs, loss_fn=loss_fn, exclude=exclude, seed=seed,
-                    num_batches=num_batches, round_to=round_to, remove=remove, layer_sparsity=layer_sparsity)
+                    num_batches=num_batches, round_to=round_to, remove=remove, layer_sparsity=layer_sparsity,
+                    predictor=predictor)
     result = pruner.step()
     pruner.release()
     return result

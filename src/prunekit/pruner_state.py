@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.masking import apply_masks, get_masks, mask_owners, refuse_foreign_masks, strip_masks
+from prunekit.masking import apply_masks, gated_names, get_masks, mask_owners, refuse_foreign_masks, strip_masks
 
 FORMAT, VERSION = "prunekit-pruner", 1
 _KEYS = {"format", "version", "request", "schedule", "step", "target", "achieved", "state", "model", "masks",
@@ -65,9 +65,11 @@ def check_state(state: object, request: Mapping, schedule: Mapping, signature: M
 
 def load_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], owner: str) -> None:
     """Make `owner`'s masks on `model` exactly `masks`: its current ones come off (stored values
-    stay), the given ones go on (ANDed with masks nobody owns)."""
+    stay), the given ones go on (ANDed with masks nobody owns). A gated mask keeps its gates and
+    takes the given mask as its fixed part: a gate shut when the state was saved stays shut."""
     refuse_foreign_masks(model, owner, masks)
     owners = mask_owners(model)
-    taken = [name for name, who in owners.items() if who == owner]
+    gated = set(gated_names(model))  # gates stay (their logits come with the model's state_dict)
+    taken = [name for name, who in owners.items() if who == owner and name not in gated]
     strip_masks(model, taken)
     apply_masks(model, {name: mask.bool() for name, mask in masks.items()}, owner)

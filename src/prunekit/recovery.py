@@ -110,7 +110,7 @@ def schedule_for(name: str, total_steps: int, pruning_share: float = PRUNING_SHA
     from the initialisation and is built by ``prunekit.lottery``.)
 
     >>> schedule_for("agp", 1000)
-    Polynomial(initial=0.0, final=None, begin_step=0, end_step=250, frequency=12, power=3.0)
+    Polynomial(initial=0.0, final=None, begin_step=0, end_step=250, frequency=12, power=3.0, threshold=None)
     >>> schedule_for("iterative", 1000)
     Iterative(levels=3, every=125, start=0)
     """

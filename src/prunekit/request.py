@@ -13,9 +13,10 @@ from prunekit.errors import PrunekitError, unknown_name
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity, get_granularity
 from prunekit.masking import named_effective_parameters
+from prunekit.predictor import MaskPredictor, check_predictor_option
 from prunekit.regularizers import Regularizer
 from prunekit.select import SCOPES
-from prunekit.stats import LossFn
+from prunekit.stats import LOOP_ONLY, LossFn
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class PruneOptions:
       it does not name get `sparsity`, or keep everything without one), e.g. the
       ``layer_sparsity`` of a ``prunekit.allocate`` result; group names are parameter names for
       unstructured pruning and layer names for structured granularities
+    * `predictor`: a fitted ``prunekit.predictor.MaskPredictor`` (method ``"predictor"``): its
+      keep-probabilities are the scores
     """
 
     loss_fn: LossFn | None = None
@@ -46,6 +49,7 @@ class PruneOptions:
     remove: bool = False
     regularizer: Regularizer | None = None
     layer_sparsity: Mapping[str, float] | None = None
+    predictor: MaskPredictor | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict) -> PruneOptions:
@@ -93,6 +97,7 @@ class PruneRequest:
             "remove": options.remove,
             "regularizer": options.regularizer.to_dict() if options.regularizer is not None else None,
             "layer_sparsity": dict(options.layer_sparsity) if options.layer_sparsity is not None else None,
+            **({"predictor": options.predictor.describe()} if options.predictor is not None else {}),
         }
 
 
@@ -100,8 +105,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_goal(request: PruneRequest, granularity: Granularity) -> None:
-    if request.threshold is not None and not granularity.supports_threshold:
+def _check_goal(request: PruneRequest, granularity: Granularity, criterion: Criterion) -> None:
+    # a criterion whose scores mean the same everywhere (L0 gates: <= 0 is shut) has a threshold
+    # that means something for units too
+    if request.threshold is not None and not (granularity.supports_threshold or criterion.comparable):
         raise PrunekitError(
             f"granularity '{granularity.name}' selects units by ratio only; pass sparsity= "
             "(the fraction of units to remove) instead of threshold="
@@ -119,6 +126,9 @@ def _check_goal(request: PruneRequest, granularity: Granularity) -> None:
         raise PrunekitError(f"sparsity must be a number in [0, 1), got {sparsity!r}; 0.9 removes 90%")
     if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
         raise PrunekitError(f"threshold must be a finite number, got {threshold!r}")
+    if threshold is not None and sparsity is None and request.options.round_to not in (None, 1):
+        raise PrunekitError(f"round_to={request.options.round_to} rounds how many units a sparsity keeps; a threshold "
+                            "keeps whatever scores above it: leave round_to unset with threshold=")
 
 
 def _is_fraction(value: object) -> bool:
@@ -203,7 +213,8 @@ def validate_request(request: PruneRequest, data: Iterable | None, example_input
     if gradients_from_loop and granularity.name != "unstructured":
         raise PrunekitError(_LOOP_GRADIENTS + f" (got granularity '{granularity.name}')")
     criterion = granularity.criterion(request.method)
-    _check_goal(request, granularity)
+    check_predictor_option(request.method, criterion.reads, request.options.predictor)
+    _check_goal(request, granularity, criterion)
     _check_options(request.options, granularity)
     require_example_inputs(granularity, example_inputs, f"granularity '{granularity.name}'")
     if request.scope not in SCOPES:
@@ -214,7 +225,7 @@ def validate_request(request: PruneRequest, data: Iterable | None, example_input
         if example_inputs is None:
             raise PrunekitError(f"method '{request.method}' needs no data but feeds the model ones shaped like "
                                 "its inputs: pass example_inputs=<a small batch of inputs>")
-    elif criterion.needs is not None and data is None:
+    elif criterion.needs is not None and criterion.needs not in LOOP_ONLY and data is None:
         raise PrunekitError(
             f"method '{request.method}' needs data (it scores by {criterion.needs}): pass "
             "data=<iterable of (inputs, targets) batches>, e.g. a DataLoader over training data"

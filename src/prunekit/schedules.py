@@ -10,6 +10,7 @@ schedule's running sums), so a schedule can be shared and compared. Step `k` is 
     OneShot(at_step=0)                         prune once, to the target
     Iterative(levels=3, every=500)             k prunings `every` steps apart, fine-tuning between
     Polynomial(0.0, 0.9, 0, 2000, 100)         gradual (Zhu & Gupta 2017): cubic ramp begin -> end
+    Polynomial(..., threshold=0.0)             the same ramp as a cap on what scores below 0 may lose
     GradientThreshold(1e-4, 0, 2000, 100)      prune weights whose mean |grad| stayed below theta
     Lottery(levels=5, every=2000, rewind_step=0)  iterative magnitude pruning + weight rewinding
 
@@ -196,11 +197,18 @@ class Polynomial(Schedule):
     the target rises as ``final + (initial - final) * (1 - progress) ** power``, fast at first
     and slowly at the end, while training recovers. `final` defaults to the Pruner's `sparsity`.
 
+    With a `threshold`, each pruning removes only units scoring below it, the ramp (towards the
+    Pruner's `sparsity`, if given) being a cap: the lowest scores go first, and the final sparsity
+    may stay below the target. Soft movement pruning uses ``threshold=0.0`` with method
+    ``"movement"`` (see ``prunekit.harness_movement``).
+
     >>> schedule = Polynomial(initial=0.0, final=0.5, begin_step=1000, end_step=2000, frequency=100)
     >>> [round(schedule.sparsity_at(step, 0.5), 3) for step in (1000, 1500, 2000)]
     [0.0, 0.438, 0.5]
     >>> schedule.prunes_at(1100), schedule.prunes_at(1150), schedule.finished(2001)
     (True, False, True)
+    >>> Polynomial(end_step=10, threshold=0.0).threshold_at(5)
+    0.0
     """
 
     initial: float = 0.0
@@ -209,9 +217,14 @@ class Polynomial(Schedule):
     end_step: int = 0
     frequency: int = 100
     power: float = 3.0
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         _check_fraction("Polynomial", "initial", self.initial)
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and not isinstance(self.threshold, bool) and math.isfinite(self.threshold)):
+            raise PrunekitError(f"Polynomial(threshold=...) is a score below which units go (the ramp capping how "
+                                f"many): a finite number, or None to prune by the ramp alone; got {self.threshold!r}")
         if self.final is not None:
             _check_fraction("Polynomial", "final", self.final)
             if self.final < self.initial:
@@ -239,6 +252,9 @@ class Polynomial(Schedule):
     def sparsity_at(self, step: int, final: float) -> float:
         target = final if self.final is None else self.final
         return _cubic(step, self.begin_step, self.end_step, self.initial, target, self.power)
+
+    def threshold_at(self, step: int) -> float | None:
+        return self.threshold
 
     def finished(self, step: int) -> bool:
         return step > self.end_step

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from prunekit.data import DatasetSplits, list_datasets, load_dataset, make_loader
 from prunekit.callbacks import TrainCallback, validated_callbacks
 from prunekit.state import cuda_devices_of, preserved_modes, seeded_rng
+from prunekit.gates import GATE_LR, gate_parameters
 from prunekit.errors import PrunekitError, unknown_name
 from prunekit.io import atomic_save
 from prunekit.zoo import build_model, list_models
@@ -115,9 +116,15 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The recipe's optimiser; L0 gate logits (``prunekit.gates``), when the model has them, get
+    their own group at ``GATE_LR`` without weight decay."""
+    gates = {id(param) for param in gate_parameters(model)}
+    groups = [{"params": [param for param in model.parameters() if id(param) not in gates]}]
+    if gates:
+        groups.append({"params": gate_parameters(model), "lr": GATE_LR, "weight_decay": 0.0})
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
 def _validate_train_args(model: nn.Module, loader: DataLoader, epochs: int, lr: float, optimizer: str,

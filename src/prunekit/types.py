@@ -24,12 +24,15 @@ class Signal:
     * ``zero_fraction``: fraction of observations with x <= 0 (the zeros a ReLU makes: APoZ)
     * ``grad_abs``: mean |dL/dx|
     * ``taylor``: mean |x * dL/dx| (first-order estimate of the loss change when x is removed)
+    * ``movement``: sum over training steps of -(x * dL/dx), x a weight (movement pruning, Sanh
+      et al. 2020): high when the weight moved away from zero (``prunekit.loop_state``)
     """
 
     mean_abs: torch.Tensor | None = None
     zero_fraction: torch.Tensor | None = None
     grad_abs: torch.Tensor | None = None
     taylor: torch.Tensor | None = None
+    movement: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class Evidence:
     otherwise). The granularity fills what it can see: `weight` (unstructured), the weight
     slices each unit owns (`incoming`: the unit's own filter / row; `outgoing`: what reads it),
     the scale of a normalisation layer after it, what was observed on data (`signal`), or the
-    measured loss increase when each unit alone is removed (`removal_cost`).
+    measured loss increase when each unit alone is removed (`removal_cost`), or each unit's
+    learned L0 gate (`gate`: its unclipped mean, <= 0 when the gate is shut), or the keep-probability
+    a trained mask predictor gives it (`predicted`, ``prunekit.predictor``).
     """
 
     shape: tuple[int, ...]
@@ -50,6 +55,8 @@ class Evidence:
     norm_scale: torch.Tensor | None = None
     signal: Signal | None = None
     removal_cost: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+    predicted: torch.Tensor | None = None
 
     @property
     def num_units(self) -> int:

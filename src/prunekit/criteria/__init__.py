@@ -13,6 +13,10 @@ criterion = one function + one line in ``CRITERIA``.
                            data (the weight itself, or an activation)
     activation.<field>     the same, where x is an activation (units)     activations / gradients
     removal_cost           loss increase when each unit alone is removed  removal-loss
+    signal.movement        sum of -(w * dL/dw) over a training loop       training steps
+    gate                   the unit's learned L0 gate (prunekit.gates)    no (training)
+    predicted              keep-probability of a trained mask predictor   gradients (its features)
+                           (prunekit.predictor)
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from types import MappingProxyType
 
 import torch
 
-from prunekit.criteria import observed, random_scores, weights
+from prunekit.criteria import movement, observed, predicted, random_scores, weights
 from prunekit.errors import unknown_name
 from prunekit.types import Evidence
 
@@ -38,6 +42,8 @@ NEEDS = MappingProxyType({
     "signal.taylor": "gradients",
     "removal_cost": "removal-loss",
     "signal.synflow": "synflow",
+    "signal.movement": "movement",  # summed in the training loop only (prunekit.loop_state)
+    "predicted": "gradients",  # the predictor's features include each weight's mean |dL/dw|
 })
 
 
@@ -49,6 +55,9 @@ class Criterion:
     score: ScoreFn
     description: str
     reads: str | None = None
+    #: scores already mean the same in every layer (e.g. gate probabilities): global scope ranks
+    #: them as they are instead of dividing each group's by its mean first
+    comparable: bool = False
 
     @property
     def needs(self) -> str | None:
@@ -94,6 +103,16 @@ CRITERIA: MappingProxyType = MappingProxyType({criterion.name: criterion for cri
               "activation.zero_fraction"),
     Criterion("removal-cost", observed.removal_cost, "loss increase on data when the layer alone is removed",
               "removal_cost"),
+    Criterion("l0", weights.gate, "learned hard-concrete gate (L0 regularisation, Louizos et al. 2018): shut "
+              "gates go; train with regularizer=L0(...) first", "gate", comparable=True),
+    Criterion("movement", movement.movement,
+              "sum of -w * dL/dw over training steps (movement pruning, Sanh et al. 2020): weights training "
+              "moves towards zero go first",
+              "signal.movement"),
+    Criterion("predictor", predicted.predicted,
+              "keep-probability a trained MaskPredictor gives each weight from its |w|, |dL/dw|, |w * dL/dw|, "
+              "layer statistics and position (prunekit.predictor); pass predictor= and data=", "predicted",
+              comparable=True),
     Criterion("random", random_scores.random, "uniform random scores: the baseline to beat"),
 ]})
 

@@ -110,3 +110,15 @@ def bn_scale(evidence: Evidence, generator: torch.Generator) -> torch.Tensor:
             "Use 'l1' or 'fpgm' for layers without normalisation"
         )
     return evidence.norm_scale.clone()
+
+
+def gate(evidence: Evidence, generator: torch.Generator) -> torch.Tensor:
+    """The unit's learned L0 gate (its mean before clipping: <= 0 means the gate is shut).
+
+    >>> gate(Evidence((2,), gate=torch.tensor([-0.2, 0.7])), torch.Generator())
+    tensor([-0.2000,  0.7000])
+    """
+    if evidence.gate is None:
+        raise PrunekitError("method 'l0' scores learned L0 gates, and this group has none; build the Pruner with "
+                            "regularizer=prunekit.regularizers.L0(...) and train before it prunes")
+    return evidence.gate.clone()

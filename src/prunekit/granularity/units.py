@@ -14,7 +14,7 @@ from prunekit.granularity.base import Granularity, Keep
 from prunekit.granularity.evidence import activation_points, signals_from_channels, weight_evidence
 from prunekit.types import Evidence
 
-_SIGNALS = frozenset({"activation.mean_abs", "activation.grad_abs", "signal.taylor"})
+_SIGNALS = frozenset({"activation.mean_abs", "activation.grad_abs", "signal.taylor", "gate"})
 
 
 class UnitGranularity(Granularity):

@@ -30,7 +30,8 @@ class UnstructuredGranularity(Granularity):
     name = "unstructured"
     unit = "weight"
     default_method = "magnitude"
-    provides = frozenset({"weight", "signal.grad_abs", "signal.taylor", "signal.synflow"})
+    provides = frozenset({"weight", "signal.grad_abs", "signal.taylor", "signal.synflow", "gate",
+                          "signal.movement", "predicted"})
     collectors = MappingProxyType({"gradients": "weight-gradients", "synflow": "synflow"})
     min_keep = 0
     normalize = False
@@ -60,9 +61,11 @@ class UnstructuredGranularity(Granularity):
         for group in groups:
             weight = weights[group.name].detach()
             signal = None
-            if observed:
-                grad = observed[group.name]
-                signal = Signal(mean_abs=weight.abs(), grad_abs=grad, taylor=weight.abs() * grad)
+            seen = observed[group.name] if observed else None
+            if isinstance(seen, Signal):  # a training loop's own evidence (movement scores)
+                signal = seen
+            elif seen is not None:  # a weight-gradient collector's mean |dL/dw|
+                signal = Signal(mean_abs=weight.abs(), grad_abs=seen, taylor=weight.abs() * seen)
             evidence[group.name] = Evidence(group.shape, weight=weight, signal=signal)
         return evidence
 

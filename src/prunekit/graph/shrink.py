@@ -11,7 +11,7 @@ Removal runs on torch-pruning (see ``remove.py``); RNN hidden units are removed 
 
 Masks: ``shrink`` works on plain weights and refuses a model with masks attached (removing the
 parametrizations silently would drop their zeros). ``prunekit.prune``, ``Pruner`` and
-``prunekit.remove_masked_units`` carry masks through the removal (``masking.remove_carrying_masks``).
+``prunekit.remove_masked_units`` carry masks through the removal (``mask_carry.remove_carrying_masks``).
 """
 
 from __future__ import annotations

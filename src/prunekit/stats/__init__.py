@@ -39,6 +39,10 @@ from prunekit.stats.synflow import collect_synflow
 #: kinds that read no data, only the shape of the example inputs (passed in place of `data`)
 INPUT_ONLY = frozenset({"synflow"})
 
+#: kinds no collector gathers from `data`: a Pruner sums them over the user's own training loop
+#: (``prunekit.loop_state``), so they need training steps before pruning, not data
+LOOP_ONLY = frozenset({"movement"})
+
 #: ``collector(model, probes, data, loss_fn, num_batches) -> {probe key: observation}``
 Collector = Callable[[nn.Module, Sequence, Iterable, "LossFn | None", int], dict[str, Any]]
 
