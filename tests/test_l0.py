@@ -105,10 +105,12 @@ def test_sparsity_target_removes_the_lowest_gates_and_bake_folds_gates_like_mask
     _set_logits(model, scale=1.0)
     (bank,) = gate_banks(model)
     order = bank.mean_gate().detach().flatten().argsort()
+    model.train()  # sampled gates zero entries at random in train mode; the result counts the deterministic ones
     pruner.step()
-    pruner.step()
+    result = pruner.step()
     keep = get_masks(model)["0.weight"].flatten()
     assert not keep[order[:30]].any() and keep[order[30:]].all()
+    assert result.sparsity_achieved == pytest.approx(0.3) and result.units_after == 70
     # bake on a gated model multiplies by the deterministic gates, exactly as eval mode computes
     gated = nn.Linear(4, 4)
     prunekit.Pruner(gated, "l0", regularizer=L0(1e-3), schedule=OneShot(at_step=9))
@@ -122,8 +124,10 @@ def test_sparsity_target_removes_the_lowest_gates_and_bake_folds_gates_like_mask
 
 def test_noise_is_drawn_per_step_so_every_slice_of_a_unit_sees_one_sample():
     model, x = _mlp(), torch.randn(4, 6)
+    rng = torch.get_rng_state()
     pruner = prunekit.Pruner(model, "l0", granularity="neuron", example_inputs=x, regularizer=L0(1e-3),
                              schedule=OneShot(at_step=10))
+    assert torch.equal(torch.get_rng_state(), rng)  # building the gates drew nothing from the caller's RNG
     model.train()
     first, again = model(x), model(x)
     assert torch.equal(first, again)

@@ -79,8 +79,9 @@ class GateBank(nn.Module):
         start = math.log(spec.init_keep) - math.log1p(-spec.init_keep)
         self.log_alpha = nn.Parameter(torch.full(unit_cost.shape, start, device=unit_cost.device))
         self.register_buffer("unit_cost", unit_cost.float())
+        # u = 0.5 (the median gate) until the first step() draws noise: building gates takes
+        # nothing from the caller's random number generator
         self.register_buffer("noise", torch.full(unit_cost.shape, 0.5, device=unit_cost.device))
-        self.resample()
 
     def resample(self) -> None:
         """Draw fresh noise for the training-mode gates (from torch's global generator)."""

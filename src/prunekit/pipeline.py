@@ -146,8 +146,10 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
     else:
         with preserved_state(model):
             apply_masks(model, masks, owner)
-    present = keep if record is not None else granularity.present(model, groups)
-    return build_result(model, step, groups, before, present, record, sparsity)
+    with preserved_state(model):
+        model.eval()  # counted as deployed: learned gates (prunekit.gates) deterministic, not sampled
+        present = keep if record is not None else granularity.present(model, groups)
+        return build_result(model, step, groups, before, present, record, sparsity)
 
 
 def attach_full_masks(model: nn.Module, groups: Sequence[UnitGroup], owner: str | None) -> None:
