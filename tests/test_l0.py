@@ -209,3 +209,33 @@ def test_l0_without_gates_and_gates_with_removal_are_refused_and_the_model_is_un
 def test_harness_strengths_differ_for_weights_and_units():
     method = PENALTY_METHODS["l0"]
     assert method.strength_for("unstructured") == 1e-4 and method.strength_for("channel") == 1e-5
+
+
+def test_a_checkpoint_of_a_gated_model_holds_what_its_gates_become(tmp_path):
+    from prunekit.arch import ArchSpec
+    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.zoo import build_model
+
+    model = build_model("lenet300", (1, 8, 8), 10)
+    x = torch.randn(5, 1, 8, 8)
+    prunekit.Pruner(model, "l0", granularity="neuron", example_inputs=x, regularizer=L0(1e-3),
+                    schedule=OneShot(at_step=9))
+    _set_logits(model)
+    model.eval()
+    expected = model(x).detach()
+    model.train()  # saving does not depend on the mode the model is in
+    loaded, info = load_checkpoint(save_checkpoint(tmp_path / "gated.pt", model, ArchSpec("lenet300", (1, 8, 8), 10)))
+    loaded.eval()
+    assert info["masked"] and not list(gate_banks(loaded))
+    assert torch.allclose(loaded(x), expected, atol=1e-6)
+    assert model.training and list(gate_banks(model))  # the model saved is left as it was
+
+
+def test_counts_see_the_deterministic_gates_in_any_mode():
+    model = nn.Sequential(nn.Linear(10, 10))
+    prunekit.Pruner(model, "l0", regularizer=L0(1e-3), schedule=OneShot(at_step=9))
+    _set_logits(model)
+    (bank,) = gate_banks(model)
+    shut = int((bank.mean_gate() <= 0).sum())
+    model.train()
+    assert prunekit.count_params(model) == (110, 110 - shut) and model.training  # gate logits are not counted

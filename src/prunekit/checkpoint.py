@@ -30,7 +30,8 @@ from prunekit.arch import ArchSpec
 from prunekit.errors import PrunekitError
 from prunekit.graph import ShrinkRecord
 from prunekit.io import atomic_save
-from prunekit.masking import apply_masks, get_masks, named_effective_parameters, original_parameter
+from prunekit.masking import apply_masks, gated_names, get_masks, named_effective_parameters, original_parameter
+from prunekit.state import preserved_state
 
 FORMAT = "prunekit-checkpoint"
 VERSION = 3
@@ -40,11 +41,16 @@ __all__ = ["ArchSpec", "load_checkpoint", "save_checkpoint"]
 
 
 def _stored_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain tensors: a masked parameter's stored values (its mask is saved beside them), a
+    gated one's values with the deterministic gates folded in (what ``fold_gates`` would leave)."""
     masks = get_masks(model)
+    gated = set(gated_names(model))
     state = {}
-    for name, tensor in named_effective_parameters(model):
-        stored = original_parameter(model, name) if name in masks else tensor
-        state[name] = stored.detach().clone()
+    with preserved_state(model):
+        model.eval()  # gates deterministic
+        for name, tensor in named_effective_parameters(model):
+            stored = original_parameter(model, name) if name in masks and name not in gated else tensor
+            state[name] = stored.detach().clone()
     for name, buffer in model.named_buffers():
         if ".parametrizations." not in name:
             state[name] = buffer.detach().clone()

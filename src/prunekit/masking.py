@@ -75,9 +75,13 @@ def named_effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Te
     >>> [name for name, _ in named_effective_parameters(model)]
     ['weight', 'bias']
     """
-    for module_name, module in model.named_modules():
+    inside = set()  # parametrizations and what they hold (a gate's logits are not model parameters)
+    for module in model.modules():
         if isinstance(module, parametrize.ParametrizationList):
-            continue  # its `original` is reported through the owning module below
+            inside.update(id(part) for part in module.modules())
+    for module_name, module in model.named_modules():
+        if id(module) in inside:
+            continue  # a parametrized `original` is reported through the owning module below
         prefix = f"{module_name}." if module_name else ""
         for param_name, param in module._parameters.items():
             if param is not None:

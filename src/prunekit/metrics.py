@@ -47,11 +47,13 @@ def _effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters under plain names with masks applied (parametrization internals left out); a
     tied tensor (an LM head sharing the embedding) counts once, under its first name."""
     ties = tied_names(model)
-    return {
-        name: tensor
-        for name, tensor in named_effective_parameters(model)
-        if not is_parametrization_internal(name) and ties.get(name, [name])[0] == name
-    }
+    with preserved_modes(model):
+        model.eval()  # learned gates (prunekit.gates) counted as deployed: deterministic, not sampled
+        return {
+            name: tensor
+            for name, tensor in named_effective_parameters(model)
+            if not is_parametrization_internal(name) and ties.get(name, [name])[0] == name
+        }
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
