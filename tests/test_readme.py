@@ -32,6 +32,7 @@ def test_readme_examples_run_and_print_what_they_claim(tmp_path, monkeypatch):
             exec(compile(block, f"README.md python block {index}", "exec"), namespace)  # noqa: S102
     out = printed.getvalue()
     assert "SparsityReport(target=0.9, achieved=0.9)" in out
+    assert "row 50% [2]" in out  # wanda at 2:4 keeps 2 of every 4 consecutive inputs
     assert "Linear(in_features=784, out_features=150, bias=True) Linear(in_features=150, out_features=50" in out
     assert re.search(r"accuracy 9\d\.\d\d%", out), out
     assert (tmp_path / "small.pt").is_file()

@@ -14,6 +14,7 @@ from prunekit.errors import PrunekitError
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.masking import apply_masks, bake, get_masks
 from prunekit.metrics import count_macs, count_params, measure_latency, summary
+from prunekit.one_shot import SparseGPTConfig, sparsegpt_prune
 from prunekit.predictor import MaskPredictor, PredictorConfig
 from prunekit.pruner import Pruner, finalize, prune, remove_masked_units
 from prunekit.request import PruneOptions
@@ -53,6 +54,7 @@ __all__ = [
     "Schedule",
     "SelectionRule",
     "SensitivityResult",
+    "SparseGPTConfig",
     "SparsityReport",
     "SparsitySearch",
     "allocate",
@@ -79,5 +81,6 @@ __all__ = [
     "select",
     "select_by_ratio",
     "select_by_threshold",
+    "sparsegpt_prune",
     "summary",
 ]

@@ -100,6 +100,7 @@ def _cmd_methods(args: argparse.Namespace) -> None:
     from prunekit.criteria import criteria_for
     from prunekit.granularity import GRANULARITIES
     from prunekit.harness_movement import MOVEMENT_METHODS
+    from prunekit.one_shot import ONE_SHOT_METHODS
     from prunekit.regularizers import PENALTY_METHODS
     from prunekit.stats import LOOP_ONLY
 
@@ -117,6 +118,8 @@ def _cmd_methods(args: argparse.Namespace) -> None:
         for name, method in PENALTY_METHODS.items()))
     print("pruned while fine-tuning (prunekit compare): " + "; ".join(
         f"{name} ({description})" for name, description in MOVEMENT_METHODS.items()))
+    print("rebuilding the weights they keep (prunekit.prune, needs data): " + "; ".join(
+        f"{name} ({description})" for name, description in ONE_SHOT_METHODS.items()))
 
 
 def _cmd_info(args: argparse.Namespace) -> None:

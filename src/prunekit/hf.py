@@ -113,6 +113,41 @@ def calibration_texts(n: int = 64, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(corpus, n)
 
 
+def calibration_split(calibration_size: int = 128, eval_size: int = 256,
+                      seed: int = 0) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Disjoint ``(calibration, held_out)`` paragraphs: one reproducible sample of distinct
+    paragraphs, cut in two, so no held-out text is ever seen while pruning.
+
+    >>> calibration, held_out = calibration_split(8, 4)
+    >>> len(calibration), len(held_out), set(calibration) & set(held_out)
+    (8, 4, set())
+    """
+    sizes_ok = all(isinstance(size, int) and size >= 1 for size in (calibration_size, eval_size))
+    if not sizes_ok:
+        raise PrunekitError(f"calibration_size and eval_size must be ints >= 1; got {calibration_size!r}, "
+                            f"{eval_size!r}")
+    texts = calibration_texts(calibration_size + eval_size, seed)
+    calibration, held_out = texts[:calibration_size], texts[calibration_size:]
+    if set(calibration) & set(held_out):  # the corpus is deduplicated: cannot happen, but never evaluate on calibration
+        raise PrunekitError("calibration and held-out texts overlap; this is a bug in prunekit.hf")
+    return calibration, held_out
+
+
+def token_batches(tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 128) -> list[dict]:
+    """`texts` tokenized into batches (dicts of tensors: ``prune(..., data=batches)`` calls
+    ``model(**batch)``), texts of similar length batched together so little padding is added
+    (a padded position is an input too, for statistics such as Wanda's input norms).
+
+    >>> _, tokenizer = load_minilm()
+    >>> [batch["input_ids"].shape[0] for batch in token_batches(tokenizer, ["a", "b c", "d e f"], 2)]
+    [2, 1]
+    """
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    ordered = [texts[index] for index in sorted(range(len(texts)), key=lengths.__getitem__)]
+    return [dict(tokenizer(ordered[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for start in range(0, len(ordered), batch_size)]  # fmt: skip
+
+
 def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32,
           normalize: bool = False) -> torch.Tensor:  # fmt: skip
     """Mean-pooled sentence embeddings ``(len(texts), hidden)`` over non-padding tokens.

@@ -93,7 +93,8 @@ def choose_units(step: Pass, groups: Sequence[UnitGroup], scores: Mapping[str, t
         sparsity=sparsity, threshold=threshold if sparsity is None else None, scope=request.scope,
         min_keep=granularity.min_keep, round_to=request.options.round_to,
         normalize=granularity.normalize and not step.criterion.comparable,
-        layer_sparsity=layer_sparsity,
+        layer_sparsity=layer_sparsity, pattern=request.options.pattern,
+        layouts={group.name: group.layout for group in groups},
     )
     keep = select(scores, rule)
     if threshold is not None and sparsity is not None:
@@ -133,8 +134,7 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
     remove = step.request.options.remove and granularity.removable
     with preserved_state(model):
         model.eval()  # statistics, tracing and shape checks must not move BatchNorm statistics
-        before = _Before(granularity.present(model, groups), granularity.unit_magnitude(model, groups),
-                         count_params(model)[0] if granularity.removable else None, time.perf_counter())
+        before = measure_before(model, granularity, groups)
         kept = granularity.kept(model, groups)
         scores = score_units(model, step, groups, kept)
         keep = choose_units(step, groups, scores, kept, sparsity, threshold, layer_sparsity)
@@ -149,7 +149,7 @@ def prune_pass(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], sparsi
     with preserved_state(model):
         model.eval()  # counted as deployed: learned gates (prunekit.gates) deterministic, not sampled
         present = keep if record is not None else granularity.present(model, groups)
-        return build_result(model, step, groups, before, present, record, sparsity)
+        return build_result(model, step.request, granularity, groups, before, present, record, sparsity)
 
 
 def attach_full_masks(model: nn.Module, groups: Sequence[UnitGroup], owner: str | None) -> None:
@@ -182,11 +182,17 @@ def remove_units(model: nn.Module, granularity: Granularity, groups: Sequence[Un
             model, lambda target, check: granularity.remove(target, groups, keep, example_inputs, check), owner)
 
 
-def build_result(model: nn.Module, step: Pass, groups: Sequence[UnitGroup], before: _Before,
-                 present: Mapping[str, torch.Tensor], record: ShrinkRecord | None,
+def measure_before(model: nn.Module, granularity: Granularity, groups: Sequence[UnitGroup]) -> _Before:
+    """What ``build_result`` compares with: the units present and their magnitudes before a
+    pass, the parameter count (removable granularities) and the start time."""
+    return _Before(granularity.present(model, groups), granularity.unit_magnitude(model, groups),
+                   count_params(model)[0] if granularity.removable else None, time.perf_counter())
+
+
+def build_result(model: nn.Module, request: PruneRequest, granularity: Granularity, groups: Sequence[UnitGroup],
+                 before: _Before, present: Mapping[str, torch.Tensor], record: ShrinkRecord | None,
                  sparsity: float | None) -> PruneResult:
-    """The ``PruneResult`` of one pass (the only place one is made)."""
-    request, granularity = step.request, step.granularity
+    """The ``PruneResult`` of one pass (the only place one is made; ``prunekit.one_shot`` uses it too)."""
     total_magnitude = sum(float(before.magnitude[g.name].sum()) for g in groups)
     gone_magnitude = sum(float(before.magnitude[g.name][~present[g.name].reshape(before.magnitude[g.name].shape).cpu()].sum())
                          for g in groups)

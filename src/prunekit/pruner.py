@@ -28,9 +28,11 @@ from prunekit.granularity import Granularity, get_granularity
 from prunekit.layers.init_bounds import warn_if_trained
 from prunekit.loop_state import LoopState, check_loop_schedule
 from prunekit.masking import bake, fold_gates, refuse_foreign_masks, release_masks
+from prunekit.one_shot import ONE_SHOT_METHODS, prune_one_shot
 from prunekit.pipeline import Pass, attach_full_masks, prune_pass, remove_units, with_floor
 from prunekit.predictor import MaskPredictor
-from prunekit.pruner_goal import check_regularizer, goal, layer_targets, options_from
+from prunekit.pruner_goal import (check_groups, check_regularizer, default_scope, goal, layer_targets, options_from,
+                                  pattern_goal)
 from prunekit.pruner_state import check_state, load_masks, own_masks
 from prunekit.request import (PruneRequest, check_layer_names, model_signature, require_example_inputs,
                                validate_request)
@@ -46,8 +48,9 @@ class Pruner:
 
     Arguments mirror :func:`prune` (but ``remove`` defaults to False: units are masked while
     training and removed by ``finalize()``); `scope` is ``"layer"`` (each layer, or each stack of
-    blocks, loses the share), ``"global"`` (all units compete) or ``"lamp"`` (all compete by LAMP
-    score), by default ``"layer"`` except for granularity ``"layer"`` (``"global"``). `method` defaults to the granularity's usual
+    blocks, loses the share), ``"global"`` (all units compete), ``"lamp"`` (all compete by LAMP
+    score) or ``"row"`` (each output row of each weight loses the share; Wanda's default), by default
+    ``"layer"`` except for granularity ``"layer"`` (``"global"``). `method` defaults to the granularity's usual
     criterion: ``"magnitude"`` for unstructured, ``"l1"`` for neurons, channels, LSTM units and
     heads, ``"removal-cost"`` (needs `data`) for layers. `schedule` (default ``OneShot()``: prune at the first
     ``step()``) decides when. Less common settings are keyword `options` (``loss_fn``,
@@ -74,12 +77,15 @@ class Pruner:
         if not isinstance(self.schedule, Schedule):
             raise PrunekitError(f"schedule must be a prunekit.schedules.Schedule (e.g. OneShot()), got {schedule!r}")
         prune_options = options_from(options)
-        if scope is None:  # per-layer targets are layer scope
-            scope = "layer" if prune_options.layer_sparsity is not None else get_granularity(granularity).default_scope
+        if method in ONE_SHOT_METHODS:
+            raise PrunekitError(f"method '{method}' rebuilds the kept weights from calibration data in one shot, block "
+                                f"by block, with no schedule: call prunekit.prune(model, '{method}', sparsity, data=...)")
         if method is None:
             method = self.schedule.default_method or get_granularity(granularity).default_method
+        scope = default_scope(method, granularity, prune_options) if scope is None else scope
         if method == "l0" and sparsity is None and threshold is None and prune_options.layer_sparsity is None:
             threshold = 0.0  # L0 decides how much: units whose deterministic gate is shut go
+        sparsity = pattern_goal(self.schedule, granularity, prune_options, sparsity, threshold)  # N:M: 1 - N/M
         sparsity, threshold = goal(self.schedule, sparsity, threshold)
         self.request = PruneRequest(method, granularity, scope, sparsity, threshold, prune_options)
         granularity_, criterion = validate_request(self.request, data, example_inputs,
@@ -99,6 +105,7 @@ class Pruner:
         self._groups_signature: dict | None = None
         self._groups: list[UnitGroup] = self._find_groups()  # validates `exclude` and that something is prunable
         check_layer_names(prune_options.layer_sparsity, self._groups)
+        check_groups(self._groups, scope, prune_options.pattern)  # row scope / N:M fit every weight
         check_regularizer(model, self.request, self._groups, granularity_, criterion.reads)
         if prune_options.predictor is not None:  # every targeted layer must be of a kind it was fitted on
             prune_options.predictor.check_model(model, [group.name for group in self._groups])
@@ -329,6 +336,7 @@ def prune(
     remove: bool = True,
     layer_sparsity: Mapping[str, float] | None = None,
     predictor: MaskPredictor | None = None,
+    pattern: str | None = None,
 ) -> PruneResult:
     """Prune `model` in place once and report what changed (a :class:`Pruner` stepped once).
 
@@ -348,6 +356,10 @@ def prune(
     globally by LAMP scores; see :class:`Pruner`. `layer_sparsity` (``{group name: fraction}``,
     e.g. from :func:`prunekit.allocate`) prunes each named layer to its own amount instead.
     `predictor` is the fitted :class:`prunekit.predictor.MaskPredictor` method ``"predictor"`` reads.
+    `pattern` ``"N:M"`` (``"2:4"``) keeps the N best of every M consecutive weights along each
+    layer's inputs (sparsity 1 - N/M). ``method="wanda"`` (|w|·‖X‖ on `data`) compares within rows.
+    ``method="sparsegpt"`` (needs `data`) rebuilds the kept weights of a transformer's blocks, block
+    by block (:func:`prunekit.one_shot.sparsegpt_prune`; scope ``"row"`` or ``"layer"``).
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
@@ -356,10 +368,14 @@ def prune(
     >>> prune(nn.Linear(4, 4), layer_sparsity={"weight": 0.25}).layer_sparsity
     {'weight': 0.25}
     """
+    if method in ONE_SHOT_METHODS:  # rebuilds the kept weights: its own driver, not a score-then-select pass
+        return prune_one_shot(model, method, sparsity, data, scope=scope, pattern=pattern, exclude=exclude,
+                              num_batches=num_batches, granularity=granularity, threshold=threshold,
+                              layer_sparsity=layer_sparsity, round_to=round_to, predictor=predictor, loss_fn=loss_fn)
     pruner = Pruner(model, method, sparsity, threshold=threshold, granularity=granularity, scope=scope, data=data,
                     example_inputs=example_inputs, loss_fn=loss_fn, exclude=exclude, seed=seed,
                     num_batches=num_batches, round_to=round_to, remove=remove, layer_sparsity=layer_sparsity,
-                    predictor=predictor)
+                    predictor=predictor, pattern=pattern)
     result = pruner.step()
     pruner.release()
     return result

@@ -1,15 +1,20 @@
 """How a ``Pruner`` works out its request: options from keywords, the goal once the schedule has
-had its say, per-layer targets along the schedule, and whether the regularizer suits the groups."""
+had its say (or an N:M pattern), the default scope, per-layer targets along the schedule, and
+whether the regularizer suits the groups."""
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
+from prunekit.criteria import CRITERIA
 from prunekit.errors import PrunekitError
 from prunekit.graph.types import UnitGroup
-from prunekit.granularity import Granularity
+from prunekit.granularity import Granularity, get_granularity
 from prunekit.request import PruneOptions, PruneRequest
-from prunekit.schedules import Schedule
+from prunekit.schedules import OneShot, Schedule
+from prunekit.select_rows import check_layouts, parse_pattern
 
 
 def check_regularizer(model: nn.Module, request: PruneRequest, groups: list[UnitGroup],
@@ -73,3 +78,58 @@ def options_from(options: dict) -> PruneOptions:
             f"not {sorted(options)}"
         )
     return PruneOptions.from_kwargs({field: getattr(given, field) for field in given.__dataclass_fields__})
+
+
+def default_scope(method: str, granularity: str, options: PruneOptions) -> str:
+    """The scope when the caller names none: layer scope for per-layer targets, else the scope
+    the method compares in when its granularity can (Wanda: each output row), else the
+    granularity's own.
+
+    >>> [default_scope(method, "unstructured", PruneOptions()) for method in ("wanda", "magnitude")]
+    ['row', 'layer']
+    """
+    if options.layer_sparsity is not None:
+        return "layer"
+    unit_granularity = get_granularity(granularity)
+    criterion = CRITERIA.get(method)
+    if criterion is not None and criterion.scope is not None and criterion.works_with(unit_granularity.provides):
+        return criterion.scope
+    return unit_granularity.default_scope
+
+
+def pattern_goal(schedule: Schedule, granularity: str, options: PruneOptions, sparsity: float | None,
+                 threshold: float | None) -> float | None:
+    """The sparsity an N:M `options.pattern` implies (1 - N/M), or `sparsity` without one. A
+    pattern prunes single weights once, to exactly its pattern: a structured granularity, a
+    threshold, per-layer targets, a schedule that prunes more than once, or a sparsity other than
+    1 - N/M is an error.
+
+    >>> pattern_goal(OneShot(), "unstructured", PruneOptions(pattern="2:4"), None, None)
+    0.5
+    """
+    pattern = options.pattern
+    if pattern is None:
+        return sparsity
+    n, m = parse_pattern(pattern)
+    implied = 1.0 - n / m
+    conflicts = [
+        (granularity != "unstructured", f"granularity '{granularity}' prunes units, not single weights: leave "
+                                        "granularity at 'unstructured'"),
+        (threshold is not None, "a threshold would decide how many go as well: leave threshold unset"),
+        (options.layer_sparsity is not None, "layer_sparsity would give layers other amounts: leave it unset"),
+        (not isinstance(schedule, OneShot), f"{type(schedule).__name__} prunes in several steps: use the default "
+                                            "OneShot schedule"),
+        (sparsity is not None and not math.isclose(sparsity, implied, abs_tol=1e-9),
+         f"sparsity={sparsity!r} contradicts the {implied:.0%} the pattern gives: leave sparsity unset"),
+    ]
+    for conflict, what in conflicts:
+        if conflict:
+            raise PrunekitError(f"pattern {pattern} keeps {n} of every {m} consecutive weights ({implied:.0%} "
+                                f"sparsity); {what}")
+    return implied
+
+
+def check_groups(groups: list[UnitGroup], scope: str, pattern: str | None) -> None:
+    """Row scope and an N:M `pattern` fit every group a Pruner found (``select_rows.check_layouts``)."""
+    check_layouts({group.name: group.unit_shape for group in groups},
+                  {group.name: group.layout for group in groups}, scope, pattern)

@@ -39,6 +39,8 @@ class PruneOptions:
       unstructured pruning and layer names for structured granularities
     * `predictor`: a fitted ``prunekit.predictor.MaskPredictor`` (method ``"predictor"``): its
       keep-probabilities are the scores
+    * `pattern`: ``"N:M"`` (e.g. ``"2:4"``): unstructured, keep the N best of every M consecutive
+      weights along each layer's inputs; the sparsity is 1 - N/M (``prunekit.select_rows``)
     """
 
     loss_fn: LossFn | None = None
@@ -50,6 +52,7 @@ class PruneOptions:
     regularizer: Regularizer | None = None
     layer_sparsity: Mapping[str, float] | None = None
     predictor: MaskPredictor | None = None
+    pattern: str | None = None
 
     @classmethod
     def from_kwargs(cls, options: dict) -> PruneOptions:
@@ -98,6 +101,7 @@ class PruneRequest:
             "regularizer": options.regularizer.to_dict() if options.regularizer is not None else None,
             "layer_sparsity": dict(options.layer_sparsity) if options.layer_sparsity is not None else None,
             **({"predictor": options.predictor.describe()} if options.predictor is not None else {}),
+            **({"pattern": options.pattern} if options.pattern is not None else {}),
         }
 
 

@@ -12,6 +12,10 @@ broken by position (the earlier entry stays), never by a threshold, so the achie
 sparsity never overshoots because many scores are equal (e.g. already-zero weights). Scores of
 -inf (units already pruned) always go first. Adding a scope is one function in ``_SCOPES``.
 
+Scope ``"row"`` compares weights within each output row of a weight, and ``pattern="N:M"``
+keeps the N best of every M consecutive weights along the inputs (``prunekit.select_rows``);
+both read each group's ``(output dim, input dim)`` from `layouts`.
+
 ``layer_sparsity`` gives layer scope a target per group (groups it does not name use
 `sparsity`, or lose nothing when that is None); the per-layer budgets of ``prunekit.allocation``
 arrive this way. Scope ``"lamp"`` ranks globally by LAMP scores (:func:`lamp_scores`, Lee et
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.errors import PrunekitError, unknown_name
+from prunekit.select_rows import Layouts, keep_within_rows
 
 Masks = dict[str, torch.Tensor]
 Scores = Mapping[str, torch.Tensor]
@@ -43,6 +48,8 @@ class SelectionRule:
     round_to: int | None = None
     normalize: bool = False
     layer_sparsity: Mapping[str, float] | None = None
+    pattern: str | None = None
+    layouts: Layouts | None = None
 
 
 def _keep_count(num_units: int, num_removed: int, rule: SelectionRule) -> int:
@@ -142,7 +149,7 @@ _SCOPES: dict[str, Callable[[Scores, SelectionRule], dict[str, int]]] = {
     "global": _global_scope,
     "lamp": _global_scope,  # the same ranking over LAMP scores (removal_order reads rule.scope)
 }
-SCOPES = tuple(_SCOPES)
+SCOPES = (*_SCOPES, "row")  # row scope selects inside each weight (prunekit.select_rows)
 
 
 def select(scores: Scores, rule: SelectionRule) -> Masks:
@@ -153,6 +160,9 @@ def select(scores: Scores, rule: SelectionRule) -> Masks:
     >>> select({"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])},
     ...        SelectionRule(sparsity=0.5, scope="global", min_keep=1))["a"].tolist()
     [False, True]
+    >>> select({"w": torch.tensor([[1.0, 2.0], [4.0, 3.0]])},
+    ...        SelectionRule(sparsity=0.5, scope="row", layouts={"w": (0, 1)}))["w"].tolist()
+    [[False, True], [True, False]]
     """
     if rule.threshold is not None:
         masks = {name: score >= rule.threshold for name, score in scores.items()}
@@ -160,11 +170,13 @@ def select(scores: Scores, rule: SelectionRule) -> Masks:
             masks = {name: mask | keep_highest(scores[name], min(rule.min_keep, mask.numel()))
                      for name, mask in masks.items()}
         return masks
-    if rule.scope not in _SCOPES:
-        raise unknown_name("scope", rule.scope, _SCOPES)
-    if rule.layer_sparsity is not None and rule.scope != "layer":
-        raise PrunekitError(f"layer_sparsity sets each layer's own target, which is scope 'layer'; got scope "
-                            f"'{rule.scope}': leave the scope at 'layer'")
+    if rule.scope not in SCOPES:
+        raise unknown_name("scope", rule.scope, SCOPES)
+    if rule.layer_sparsity is not None and (rule.scope != "layer" or rule.pattern is not None):
+        raise PrunekitError(f"layer_sparsity sets each layer's own target, which is scope 'layer' without a pattern; "
+                            f"got scope '{rule.scope}', pattern {rule.pattern!r}: leave both unset")
+    if rule.pattern is not None or rule.scope == "row":
+        return keep_within_rows(scores, rule.layouts or {}, rule.sparsity, rule.scope, rule.pattern)
     keep_counts = _SCOPES[rule.scope](scores, rule)
     return {name: keep_highest(score, keep_counts[name]) for name, score in scores.items()}
 

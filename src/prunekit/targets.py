@@ -1,4 +1,11 @@
-"""Which parameters a pruning call may touch, and the user's `exclude` list."""
+"""Which parameters a pruning call may touch, and the user's `exclude` list.
+
+In a model built from a Hugging Face config with a layer list the config counts (BERT's
+``encoder.layer``, GPT-2's ``h``, Llama's ``layers``; ``prunekit.graph.stacks``) only the weights
+inside those blocks are targets: embeddings, the pooler and task / LM heads are left dense, as the
+one-shot LLM pruning papers do (Wanda, SparseGPT) and because a head tied to the embeddings would
+prune both. Other models: every weight a layer handler calls prunable.
+"""
 
 from __future__ import annotations
 
@@ -51,12 +58,25 @@ def _matches(item: ExcludeItem, module_name: str, module: nn.Module, fqn: str) -
     return item in (module_name, fqn) or fqn.startswith(item + ".")
 
 
+def block_stacks(model: nn.Module) -> list[str]:
+    """Names of the block lists a Hugging Face config counts (none for other models).
+
+    >>> block_stacks(nn.Sequential(nn.Linear(2, 2)))
+    []
+    """
+    from prunekit.graph.stacks import counted_stacks  # graph imports this module
+
+    return list(counted_stacks(model))
+
+
 def resolve_targets(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> list[str]:
     """Dotted names of the prunable weights of `model`, minus those matched by `exclude`.
 
     `exclude` items are module names (``"classifier"``), name prefixes (``"layer1"``), parameter
     names (``"fc1.weight"``) or module types (``nn.Conv2d``). An item that matches no prunable
-    weight is an error, so a typo never silently prunes a layer meant to be kept.
+    weight is an error, so a typo never silently prunes a layer meant to be kept. In a Hugging Face
+    model only weights inside its counted blocks are targets (module docstring); excluding a layer
+    outside them (``"pooler"``) is allowed and changes nothing.
 
     >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     >>> resolve_targets(model, exclude=["2"])
@@ -73,10 +93,11 @@ def resolve_targets(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> li
                 candidates.append((module_name, module, prefix + param_name))
     used = [False] * len(exclude)
     targets = []
+    stacks = block_stacks(model)
     for module_name, module, fqn in candidates:
         hits = [_matches(item, module_name, module, fqn) for item in exclude]
         used = [was or hit for was, hit in zip(used, hits)]
-        if not any(hits):
+        if not any(hits) and (not stacks or any(fqn.startswith(stack + ".") for stack in stacks)):
             targets.append(fqn)
     unmatched = [item for item, hit in zip(exclude, used) if not hit]
     if unmatched:
@@ -86,5 +107,6 @@ def resolve_targets(model: nn.Module, exclude: Iterable[ExcludeItem] = ()) -> li
             f"{', '.join(layer_names)}"
         )
     if not targets:
-        raise PrunekitError("nothing left to prune: every prunable weight is excluded or absent")
+        inside = f" (only weights inside the blocks {', '.join(stacks)} are targets here)" if stacks else ""
+        raise PrunekitError(f"nothing left to prune: every prunable weight is excluded or absent{inside}")
     return targets

@@ -26,6 +26,8 @@ class Signal:
     * ``taylor``: mean |x * dL/dx| (first-order estimate of the loss change when x is removed)
     * ``movement``: sum over training steps of -(x * dL/dx), x a weight (movement pruning, Sanh
       et al. 2020): high when the weight moved away from zero (``prunekit.loop_state``)
+    * ``input_norm``: x a weight, ‖X_j‖₂ over the calibration data of the input feature j it
+      multiplies (Wanda, Sun et al. 2023), spread over the weight's shape
     """
 
     mean_abs: torch.Tensor | None = None
@@ -33,6 +35,7 @@ class Signal:
     grad_abs: torch.Tensor | None = None
     taylor: torch.Tensor | None = None
     movement: torch.Tensor | None = None
+    input_norm: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ criterion = one function + one line in ``CRITERIA``.
     gate                   the unit's learned L0 gate (prunekit.gates)    no (training)
     predicted              keep-probability of a trained mask predictor   gradients (its features)
                            (prunekit.predictor)
+    signal.input_norm      ‖X_j‖₂ of the input feature each weight        input-norms (forward passes)
+                           multiplies (Wanda)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ NEEDS = MappingProxyType({
     "signal.synflow": "synflow",
     "signal.movement": "movement",  # summed in the training loop only (prunekit.loop_state)
     "predicted": "gradients",  # the predictor's features include each weight's mean |dL/dw|
+    "signal.input_norm": "input-norms",
 })
 
 
@@ -58,6 +61,9 @@ class Criterion:
     #: scores already mean the same in every layer (e.g. gate probabilities): global scope ranks
     #: them as they are instead of dividing each group's by its mean first
     comparable: bool = False
+    #: the scope its scores are compared in when the caller names none (None: the granularity's);
+    #: e.g. Wanda compares the weights of each output row
+    scope: str | None = None
 
     @property
     def needs(self) -> str | None:
@@ -113,6 +119,10 @@ CRITERIA: MappingProxyType = MappingProxyType({criterion.name: criterion for cri
               "keep-probability a trained MaskPredictor gives each weight from its |w|, |dL/dw|, |w * dL/dw|, "
               "layer statistics and position (prunekit.predictor); pass predictor= and data=", "predicted",
               comparable=True),
+    Criterion("wanda", observed.wanda,
+              "|w| * ‖X_j‖₂, the norm over calibration data of the input feature the weight multiplies (Wanda, "
+              "Sun et al. 2023); forward passes only, compared within each output row by default", "signal.input_norm",
+              scope="row"),
     Criterion("random", random_scores.random, "uniform random scores: the baseline to beat"),
 ]})
 

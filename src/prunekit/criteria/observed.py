@@ -68,3 +68,17 @@ def removal_cost(evidence: Evidence, generator: torch.Generator) -> torch.Tensor
     if evidence.removal_cost is None:
         raise PrunekitError("method 'removal-cost' needs the measured cost of removing each layer; pass data=")
     return evidence.removal_cost.clone()
+
+
+def wanda(evidence: Evidence, generator: torch.Generator) -> torch.Tensor:
+    """|w| * ‖X_j‖₂ (Wanda, Sun et al. 2023): a weight matters as much as it is large times the
+    norm over the calibration data of the input feature j it multiplies.
+
+    >>> evidence = Evidence((1, 2), weight=torch.tensor([[-2.0, 3.0]]),
+    ...                     signal=Signal(input_norm=torch.tensor([[4.0, 1.0]])))
+    >>> wanda(evidence, torch.Generator())
+    tensor([[8., 3.]])
+    """
+    if evidence.weight is None:
+        raise PrunekitError("method 'wanda' scores single weights; use it with granularity 'unstructured'")
+    return evidence.weight.detach().abs() * _signal(evidence, "wanda", "input_norm")

@@ -12,9 +12,42 @@ from prunekit.errors import PrunekitError
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity.base import Granularity, Keep
-from prunekit.masking import get_masks, named_effective_parameters, original_parameter
+from prunekit.layers import handler_for
+from prunekit.masking import get_masks, named_effective_parameters, original_parameter, split_name
+from prunekit.stats.input_norms import FeatureNorms
 from prunekit.targets import resolve_targets
 from prunekit.types import Evidence, Signal
+
+
+def weight_layout(model: nn.Module, name: str) -> tuple[int, int] | None:
+    """``(output dim, input dim)`` of the weight `name`, as its layer's handler gives them.
+
+    >>> weight_layout(nn.Sequential(nn.Linear(3, 2)), "0.weight")
+    (0, 1)
+    """
+    module_name, param_name = split_name(name)
+    module = model.get_submodule(module_name)
+    handler = handler_for(module)
+    return handler.weight_layout(module, param_name) if handler is not None else None
+
+
+def spread_over_inputs(per_input: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """`per_input` (one value per input feature of the group's layer) repeated along the other
+    dims of the weight, so it is shaped like the weight (the group's `layout` says which dim).
+
+    >>> group = UnitGroup("w", "unstructured", 6, (), torch.zeros(0), (3, 2), layout=(1, 0))  # Conv1D (in, out)
+    >>> spread_over_inputs(torch.tensor([1.0, 2.0, 3.0]), group).tolist()
+    [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]
+    """
+    if group.layout is None or group.shape[group.layout[1]] != per_input.numel():
+        raise PrunekitError(
+            f"input statistics of {per_input.numel()} features do not fit weight '{group.name}' of shape "
+            f"{tuple(group.shape)} (input dim: {None if group.layout is None else group.layout[1]}); its layer's "
+            "handler in prunekit.layers must give the weight's layout and input width"
+        )
+    view = [1] * len(group.shape)
+    view[group.layout[1]] = per_input.numel()
+    return per_input.reshape(view).expand(group.shape)
 
 
 class UnstructuredGranularity(Granularity):
@@ -31,8 +64,9 @@ class UnstructuredGranularity(Granularity):
     unit = "weight"
     default_method = "magnitude"
     provides = frozenset({"weight", "signal.grad_abs", "signal.taylor", "signal.synflow", "gate",
-                          "signal.movement", "predicted"})
-    collectors = MappingProxyType({"gradients": "weight-gradients", "synflow": "synflow"})
+                          "signal.movement", "predicted", "signal.input_norm"})
+    collectors = MappingProxyType({"gradients": "weight-gradients", "synflow": "synflow",
+                                   "input-norms": "input-norms"})
     min_keep = 0
     normalize = False
     supports_threshold = True
@@ -49,8 +83,8 @@ class UnstructuredGranularity(Granularity):
                 )
         shapes = {name: tuple(tensor.shape) for name, tensor in named_effective_parameters(model)}
         empty = torch.zeros(0, dtype=torch.long)
-        return [UnitGroup(name, self.name, int(torch.Size(shapes[name]).numel()), (), empty, shapes[name])
-                for name in targets]
+        return [UnitGroup(name, self.name, int(torch.Size(shapes[name]).numel()), (), empty, shapes[name],
+                          layout=weight_layout(model, name)) for name in targets]
 
     def probes(self, model: nn.Module, groups: Sequence[UnitGroup], kind: str) -> list:
         return [group.name for group in groups]
@@ -64,6 +98,8 @@ class UnstructuredGranularity(Granularity):
             seen = observed[group.name] if observed else None
             if isinstance(seen, Signal):  # a training loop's own evidence (movement scores)
                 signal = seen
+            elif isinstance(seen, FeatureNorms):  # ‖X_j‖₂ of the layer's inputs (Wanda)
+                signal = Signal(input_norm=spread_over_inputs(seen.norms.to(weight.device), group))
             elif seen is not None:  # a weight-gradient collector's mean |dL/dw|
                 signal = Signal(mean_abs=weight.abs(), grad_abs=seen, taylor=weight.abs() * seen)
             evidence[group.name] = Evidence(group.shape, weight=weight, signal=signal)

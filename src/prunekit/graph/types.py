@@ -40,7 +40,9 @@ class UnitGroup:
 
     Other granularities use the same type: an unstructured group is one weight tensor (its units
     are its entries, laid out in `shape`); a layer group is one stack of removable blocks (its
-    units are the blocks named in `unit_names`).
+    units are the blocks named in `unit_names`). An unstructured group's `layout` is
+    ``(output dim, input dim)`` of `shape` as its layer's handler gives them (None when it gives
+    none): row scope compares weights within each output row, N:M patterns run along the input dim.
     """
 
     name: str
@@ -50,6 +52,7 @@ class UnitGroup:
     root_unit_index: torch.Tensor
     shape: tuple[int, ...] = ()
     unit_names: tuple[str, ...] = ()
+    layout: tuple[int, int] | None = None
 
     @property
     def unit_shape(self) -> tuple[int, ...]:

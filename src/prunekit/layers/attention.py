@@ -64,6 +64,9 @@ class MultiheadAttentionHandler(LayerHandler):
             return ["in_proj_weight"]
         return ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
 
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int]:
+        return (0, 1)  # in_proj_weight (3 * embed, embed), q/k/v_proj_weight (embed, kdim / vdim)
+
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow]:
         batch, target_len, source_len = _lengths(module, args, kwargs)
         if module.in_proj_weight is not None:

@@ -121,6 +121,23 @@ class LayerHandler:
         """The dimension of the layer's output (first output for tuples) that holds its units."""
         return None
 
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int] | None:
+        """``(output dim, input dim)`` of the prunable weight `param_name`: the dim whose slices
+        are the layer's output rows and the dim along which it reads its input features (row
+        scope and N:M patterns work along these); None when the layer has no such layout."""
+        return None
+
+    def input_width(self, module: nn.Module) -> int | None:
+        """How many input features the layer reads per observation, when its input is rows of
+        features its weight's input dim indexes (Linear: ``in_features``); else None."""
+        return None
+
+    def input_features(self, module: nn.Module, args: tuple) -> torch.Tensor | None:
+        """The layer's input (its positional forward arguments `args`) as rows of input features,
+        ``(observations, input_width)``; None when the layer has no `input_width`."""
+        width = self.input_width(module)
+        return args[0].reshape(-1, width) if width is not None and args else None
+
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow] | None:
         """MACs of one call, whole batch; None when there is no rule for this layer."""
         return None

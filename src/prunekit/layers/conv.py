@@ -84,6 +84,9 @@ class ConvHandler(LayerHandler):
     def activation_dim(self, module: nn.Module) -> int:
         return 1
 
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int]:
+        return (0, 1)  # weight (out, in / groups, *kernel): N:M runs along the input channels
+
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow]:
         positions = output.numel() // module.out_channels  # batch x output spatial size
         weight = module.weight  # (out, in / groups, *kernel): padding zeros are counted as MACs
@@ -104,6 +107,9 @@ class ConvTransposeHandler(LayerHandler):
 
     def prunable_weights(self, module: nn.Module) -> list[str]:
         return ["weight"]
+
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int]:
+        return (1, 0)  # weight (in, out / groups, *kernel)
 
     def slices(self, name: str, module: nn.Module, is_out: bool, idxs: Ints, roots: Ints) -> list[SliceBatch]:
         if module.groups > 1:

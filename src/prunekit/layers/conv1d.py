@@ -55,6 +55,12 @@ class Conv1DHandler(LayerHandler):
     def activation_dim(self, module: nn.Module) -> int:
         return -1
 
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int]:
+        return (1, 0)  # weight (in, out): an output row of the layer is a weight column
+
+    def input_width(self, module: nn.Module) -> int:
+        return module.nx
+
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow]:
         rows = args[0].numel() // module.nx
         return [("", rows * module.weight.numel(), rows * nnz(module.weight))]

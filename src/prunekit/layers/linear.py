@@ -13,6 +13,10 @@ class LinearHandler(LayerHandler):
     >>> handler = LinearHandler()
     >>> handler.prunable_weights(nn.Linear(3, 2)), handler.out_width(nn.Linear(3, 2))
     (['weight'], 2)
+    >>> import torch
+    >>> layer = nn.Linear(3, 2)
+    >>> handler.weight_layout(layer, "weight"), handler.input_features(layer, (torch.ones(2, 5, 3),)).shape
+    ((0, 1), torch.Size([10, 3]))
     """
 
     types = (nn.Linear,)
@@ -34,6 +38,12 @@ class LinearHandler(LayerHandler):
 
     def activation_dim(self, module: nn.Module) -> int:
         return -1
+
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int]:
+        return (0, 1)  # weight (out, in)
+
+    def input_width(self, module: nn.Module) -> int:
+        return module.in_features
 
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow]:
         rows = args[0].numel() // module.in_features  # every leading dim (batch, time, ...)

@@ -114,6 +114,9 @@ class RnnHandler(LayerHandler):
     def activation_dim(self, module: nn.Module) -> int:
         return -1  # of output[0], the sequence of hidden states
 
+    def weight_layout(self, module: nn.Module, param_name: str) -> tuple[int, int]:
+        return (0, 1)  # weight_ih (gates * hidden, in), weight_hh (gates * hidden, hidden)
+
     def macs(self, module: nn.Module, args: tuple, kwargs: dict, output) -> list[MacRow]:
         sequence = args[0] if args else kwargs["input"]
         if isinstance(sequence, PackedSequence):

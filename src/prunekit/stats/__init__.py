@@ -11,6 +11,7 @@ gathers. A granularity says where to look (``probes``); the pipeline calls ``col
     head-outputs          head UnitGroups             mean norm of each head's contribution
     removal-loss          block names                 loss increase when the block is skipped
     synflow               parameter names             |dR/dw| on an all-positive copy fed ones (no data)
+    input-norms           parameter names             ‖X_j‖₂ of each input feature of the layer (forward only)
 
 Under ``torch.distributed`` (``prunekit.distributed``) every collector sums what it saw with the
 other ranks before averaging, so each rank gets the statistics of all ranks' data together and
@@ -31,6 +32,7 @@ from prunekit.errors import unknown_name
 from prunekit.stats.activations import ActivationPoint, capture_outputs, collect_activation_stats
 from prunekit.stats.gradients import collect_gradient_stats
 from prunekit.stats.heads import collect_head_norms, head_output_norms
+from prunekit.stats.input_norms import FeatureNorms, collect_input_norms
 from prunekit.state import preserved_state
 from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
 from prunekit.stats.removal import mean_loss, removal_costs
@@ -59,6 +61,10 @@ def _weight_gradients(model, names, data, loss_fn, num_batches):
     return collect_gradient_stats(model, data, names, loss_fn, num_batches)
 
 
+def _input_norms(model, names, data, loss_fn, num_batches):
+    return collect_input_norms(model, data, names, num_batches)
+
+
 def _synflow(model, names, example_inputs, loss_fn, num_batches):
     return collect_synflow(model, names, example_inputs)
 
@@ -70,6 +76,7 @@ COLLECTORS: MappingProxyType = MappingProxyType({
     "activation-gradients": _activation_gradients,
     "head-outputs": collect_head_norms,
     "removal-loss": removal_costs,
+    "input-norms": _input_norms,
 })
 
 
@@ -89,7 +96,8 @@ def collect(kind: str, model: nn.Module, probes: Sequence, data: Iterable, loss_
 
 
 __all__ = [
-    "COLLECTORS", "INPUT_ONLY", "ActivationPoint", "LossFn", "capture_outputs", "collect", "collect_activation_stats",
+    "COLLECTORS", "INPUT_ONLY", "ActivationPoint", "FeatureNorms", "LossFn", "capture_outputs", "collect",
+    "collect_activation_stats", "collect_input_norms",
     "collect_gradient_stats", "collect_head_norms", "for_each_batch", "head_output_norms", "mean_loss",
     "loss_or_default", "preserved_state", "removal_costs",
 ]

@@ -8,7 +8,7 @@ the global random number generators (iterating a shuffling DataLoader draws from
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -28,6 +28,24 @@ def loss_or_default(loss_fn: LossFn | None) -> LossFn:
     True
     """
     return F.cross_entropy if loss_fn is None else loss_fn
+
+
+def split_batch(batch: object) -> tuple[object, object]:
+    """``(inputs, targets)`` of one batch: a pair as it is, or a dict of keyword inputs (a
+    tokenizer's output) with no targets. Anything else is an error saying what a batch must be.
+
+    >>> split_batch({"input_ids": torch.ones(1, 3, dtype=torch.long)})[1] is None
+    True
+    """
+    if isinstance(batch, Mapping):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise PrunekitError(
+        f"each batch of data must be an (inputs, targets) pair or a dict of keyword inputs for model(**batch) "
+        f"(e.g. a tokenizer's output); got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+    )
 
 
 def for_each_batch(
@@ -52,7 +70,8 @@ def for_each_batch(
     device = parameter.device if parameter is not None else torch.device("cpu")
     with preserved_state(model):
         model.eval()
-        for inputs, targets in itertools.islice(data, num_batches):
+        for batch in itertools.islice(data, num_batches):
+            inputs, targets = split_batch(batch)
             step(to_device(inputs, device), to_device(targets, device))
             batches += 1
     if batches == 0:
