@@ -172,6 +172,22 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32,
     return torch.nn.functional.normalize(embeddings, dim=-1) if normalize else embeddings
 
 
+def embedding_agreement(reference: torch.Tensor, embeddings: torch.Tensor) -> tuple[float, float]:
+    """How close a pruned model's normalised sentence embeddings stay to the dense model's:
+    ``(mean cosine similarity, nearest-neighbour agreement)``, the second being the share of
+    sentences whose nearest other sentence (by cosine) is the same for both.
+
+    >>> dense = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
+    >>> embedding_agreement(dense, dense)
+    (1.0, 1.0)
+    """
+    def neighbours(rows: torch.Tensor) -> torch.Tensor:
+        return (rows @ rows.t()).fill_diagonal_(-float("inf")).argmax(dim=1)
+
+    cosine = float((reference * embeddings).sum(dim=1).mean())
+    return cosine, float((neighbours(reference) == neighbours(embeddings)).float().mean())
+
+
 def _head_counts(model: nn.Module) -> list[int] | None:
     """Heads per encoder layer when some layer lost heads, else None."""
     layers = getattr(getattr(model, "encoder", None), "layer", None)
