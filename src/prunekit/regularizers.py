@@ -207,8 +207,9 @@ class L0(Regularizer):
             raise PrunekitError(f"L0 gates single weights (granularity 'unstructured') or coupled units ('neuron', "
                                 f"'channel', 'lstm-unit'); granularity '{granularity}' has no member slices to gate")
         if any(True for _ in gate_banks(model)):
-            raise PrunekitError("this model already carries L0 gates (another Pruner with L0 is live, or one was "
-                                "released before its gates became masks); finalize that Pruner first")
+            raise PrunekitError("this model already carries L0 gates that no Pruner manages (release_masks took them "
+                                "from their Pruner before they became masks); call prunekit.masking.fold_gates(model) "
+                                "to turn them into masks first")
         tied = tied_names(model)
         names = [name for group in groups for name in ([m.param for m in group.members] or [group.name])]
         shared = [name for name in names if len(tied.get(name, [name])) > 1]
