@@ -44,6 +44,24 @@ def mlp(widths: tuple[int, ...] = (20, 16, 12, 4), seed: int | None = 0) -> nn.S
     return nn.Sequential(*layers[:-1])
 
 
+#: a fixed batch for driving a Pruner in a hand-written training loop on ``mlp()``
+LOOP_X = torch.randn(16, 20, generator=torch.Generator().manual_seed(1))
+LOOP_Y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(2))
+MLP_WEIGHTS = 20 * 16 + 16 * 12 + 12 * 4  # the three Linear weights of mlp()
+
+
+def pruner_loop(model: nn.Module, pruner, optimizer, steps: int, on_result=None) -> None:
+    """`steps` steps of a user's loop on LOOP_X / LOOP_Y, stepping `pruner` after the optimiser;
+    ``on_result(step index, result)`` hears each pruning."""
+    for _ in range(steps):
+        nn.functional.cross_entropy(model(LOOP_X), LOOP_Y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        result = pruner.step()
+        if result is not None and on_result is not None:
+            on_result(pruner.step_count - 1, result)
+
+
 def small_cnn(seed: int = 0) -> nn.Sequential:
     """Conv-BatchNorm-ReLU, conv-ReLU, average pool, Linear: 8 and 6 channels for 1x8x8 inputs and
     3 classes, seeded with `seed`.

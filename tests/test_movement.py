@@ -19,21 +19,9 @@ from prunekit.methods import parse_method_spec
 from prunekit.schedules import GradientThreshold, OneShot, Polynomial
 from prunekit.types import Evidence, Signal
 
-from invariants import mlp
+from invariants import LOOP_X, LOOP_Y, MLP_WEIGHTS, mlp, pruner_loop
 
-X = torch.randn(16, 20, generator=torch.Generator().manual_seed(1))
-Y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(2))
-WEIGHTS = 20 * 16 + 16 * 12 + 12 * 4  # the three Linear weights of mlp()
-
-
-def _loop(model, pruner, optimizer, steps, on_result=None):
-    for _ in range(steps):
-        nn.functional.cross_entropy(model(X), Y).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        result = pruner.step()
-        if result is not None and on_result is not None:
-            on_result(pruner.step_count - 1, result)
+X, Y, WEIGHTS, _loop = LOOP_X, LOOP_Y, MLP_WEIGHTS, pruner_loop
 
 
 def _scores(pruner):

@@ -12,21 +12,9 @@ from prunekit import Pruner, get_masks
 from prunekit.errors import PrunekitError
 from prunekit.schedules import GradientThreshold, Iterative, Lottery, OneShot, Polynomial
 
-from invariants import mlp, same_state
+from invariants import LOOP_X, LOOP_Y, MLP_WEIGHTS, mlp, pruner_loop, same_state
 
-X = torch.randn(16, 20, generator=torch.Generator().manual_seed(1))
-Y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(2))
-WEIGHTS = 20 * 16 + 16 * 12 + 12 * 4  # the three Linear weights of mlp()
-
-
-def _loop(model, pruner, optimizer, steps, on_result=None):
-    for _ in range(steps):
-        nn.functional.cross_entropy(model(X), Y).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        result = pruner.step()
-        if result is not None and on_result is not None:
-            on_result(pruner._step - 1, result)
+X, Y, WEIGHTS, _loop = LOOP_X, LOOP_Y, MLP_WEIGHTS, pruner_loop
 
 
 def test_polynomial_ramp_is_zhu_and_gupta_cubic():

@@ -165,7 +165,7 @@ def test_a_malformed_pattern_is_refused(pattern):
 def test_wanda_refuses_layers_whose_inputs_it_cannot_read_and_row_scope_needs_weights():
     model = small_cnn()
     before = copy.deepcopy(model)
-    with pytest.raises(PrunekitError, match=r"belongs to a Conv2d.*exclude="):
+    with pytest.raises(PrunekitError, match=r"is a Conv2d.*exclude="):
         prune(model, "wanda", 0.5, data=[(torch.randn(2, 1, 8, 8), None)])
     with pytest.raises(PrunekitError, match="scope 'row' needs each weight's output and input dims"):
         prune(model, "l1", 0.5, granularity="channel", scope="row", example_inputs=torch.randn(2, 1, 8, 8))

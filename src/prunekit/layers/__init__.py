@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from prunekit.errors import PrunekitError
 from prunekit.layers.attention import MultiheadAttentionHandler
 from prunekit.layers.base import LayerHandler
 from prunekit.layers.conv import ConvHandler, ConvTransposeHandler
@@ -47,6 +48,23 @@ def handler_for(module: nn.Module) -> LayerHandler | None:
         if handler.matches(module):
             return handler
     return None
+
+
+def require_input_width(module: nn.Module, name: str) -> int:
+    """How many input features `module` (called `name` in messages) reads per row; an error for
+    layers whose inputs are not rows of features (calibration statistics such as ‖X_j‖ and
+    XᵀX need them).
+
+    >>> require_input_width(nn.Linear(3, 2), "fc")
+    3
+    """
+    handler = handler_for(module)
+    width = handler.input_width(module) if handler is not None else None
+    if width is None:
+        raise PrunekitError(
+            f"'{name}' is a {type(module).__name__}, whose inputs prunekit cannot read as rows of input "
+            "features (it can for Linear and Conv1D layers); leave it out with exclude=[...]")
+    return width
 
 
 def unit_granularity(module: nn.Module) -> str | None:

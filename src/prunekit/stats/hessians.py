@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.errors import PrunekitError
-from prunekit.layers import handler_for
+from prunekit.layers import handler_for, require_input_width
 
 
 @dataclass
@@ -67,11 +66,7 @@ class HessianCollector:
         for name in names:
             module = model.get_submodule(name)
             handler = handler_for(module)
-            width = handler.input_width(module) if handler is not None else None
-            if width is None:
-                raise PrunekitError(
-                    f"'{name}' is a {type(module).__name__}, whose inputs prunekit cannot read as rows of input "
-                    "features (it can for Linear and Conv1D layers); leave it out with exclude=[...]")
+            width = require_input_width(module, name)
             device = next(module.parameters()).device
             self.hessians[name] = InputHessian(torch.zeros(width, width, dtype=dtype, device=device))
             self._modules[name] = (module, handler)

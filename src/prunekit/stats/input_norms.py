@@ -21,7 +21,7 @@ from torch import nn
 from prunekit.distributed import all_reduce_sum
 from prunekit.errors import PrunekitError
 from prunekit.inputs import call_model
-from prunekit.layers import handler_for
+from prunekit.layers import handler_for, require_input_width
 from prunekit.masking import split_name
 from prunekit.stats.loop import for_each_batch
 
@@ -42,16 +42,8 @@ def _layer_widths(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, lis
     widths: dict[str, int] = {}
     for name in names:
         module_name = split_name(name)[0]
-        module = model.get_submodule(module_name)
-        handler = handler_for(module)
-        width = handler.input_width(module) if handler is not None else None
-        if width is None:
-            raise PrunekitError(
-                f"'{name}' belongs to a {type(module).__name__}, whose inputs prunekit cannot read as rows of "
-                "input features (it can for Linear and Conv1D layers); leave it out with exclude=[...]"
-            )
         layers.setdefault(module_name, []).append(name)
-        widths[module_name] = width
+        widths[module_name] = require_input_width(model.get_submodule(module_name), name)
     return layers, widths
 
 
