@@ -36,6 +36,7 @@ from prunekit.masking import split_name
 from prunekit.state import preserved_state
 from prunekit.stats.hessians import HessianCollector, InputHessian
 from prunekit.stats.loop import split_batch
+from prunekit.tokens import check_token_ids
 
 #: ``solve(layer name, weight (out x in), input Hessian) -> (new weight (out x in), keep-mask)``
 LayerSolver = Callable[[str, torch.Tensor, InputHessian], tuple[torch.Tensor, torch.Tensor]]
@@ -197,8 +198,10 @@ def capture_block_inputs(model: nn.Module, stack_name: str, blocks: nn.Module, d
     run = lambda *args, **kwargs: functional_call(model, dict(weights), args, kwargs)  # noqa: E731
     handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
     try:
-        for batch in itertools.islice(data, num_batches):
-            inputs = to_device(split_batch(batch)[0], parameter.device)
+        for index, batch in enumerate(itertools.islice(data, num_batches)):
+            inputs = split_batch(batch)[0]
+            check_token_ids(model, inputs, f"calibration batch {index} (counting from 0)")
+            inputs = to_device(inputs, parameter.device)
             if not calls:  # the first batch: every block, all the way through
                 call_model(run, inputs)
                 _check_shared_arguments(stack_name, blocks, every_block)

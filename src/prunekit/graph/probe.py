@@ -21,6 +21,7 @@ from torch.func import functional_call
 from prunekit.errors import PrunekitError
 from prunekit.inputs import as_call
 from prunekit.state import preserved_state
+from prunekit.tokens import check_token_ids
 
 
 @dataclass
@@ -146,6 +147,7 @@ def probe_modules(model: nn.Module, example_inputs: object,
     >>> runs["0"].identity_when_zeroed, runs["0.branch"].identity_when_zeroed, runs["1"].keeps_shape
     (True, False, False)
     """
+    check_token_ids(model, example_inputs, "example_inputs")
     runs = {name: ModuleRun() for name, _ in model.named_modules()}
     inputs: dict[str, torch.Size] = {}
     zeroing = []  # non-empty while a zeroed copy runs: its inner calls are not counted

@@ -28,6 +28,7 @@ from prunekit.layers.conv1d import Conv1DPruner, is_conv1d
 from prunekit.layers.norm import GroupNormPruner
 from prunekit.layers.rnn import RnnUnitPruner
 from prunekit.state import preserved_modes
+from prunekit.tokens import check_token_ids
 
 __all__ = ["TracedGraph", "as_call", "model_outputs", "trace_graph"]
 
@@ -177,6 +178,7 @@ def trace_graph(model: nn.Module, example_inputs: object) -> TracedGraph:
     >>> sorted(name for name in traced.names.values() if name)
     ['0', '1']
     """
+    check_token_ids(model, example_inputs, "example_inputs")  # before torch-pruning's opaque failure
     run = as_call(example_inputs)
     rnn_pruner = RnnUnitPruner()
     customized = {type(m): rnn_pruner for m in model.modules() if isinstance(m, nn.RNNBase)}

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from prunekit.errors import PrunekitError
 from prunekit.inputs import to_device
 from prunekit.state import preserved_state
+from prunekit.tokens import check_token_ids
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,7 +57,9 @@ def for_each_batch(
     return how many batches were seen.
 
     Every module's own mode and the global RNG state are restored afterwards, also on error. An
-    empty `data` is an error, since every statistic would be a division by zero.
+    empty `data` is an error, since every statistic would be a division by zero, and so is a
+    batch with token ids the model has no embedding for (``prunekit.tokens.check_token_ids``:
+    a tokenizer that does not match the model), refused before the model runs on it.
 
     >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2).eval())
     >>> modes = []
@@ -72,6 +75,7 @@ def for_each_batch(
         model.eval()
         for batch in itertools.islice(data, num_batches):
             inputs, targets = split_batch(batch)
+            check_token_ids(model, inputs, f"calibration batch {batches} (counting from 0)")
             step(to_device(inputs, device), to_device(targets, device))
             batches += 1
     if batches == 0:
