@@ -34,6 +34,8 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.graph.heads import find_head_groups, shrink_heads
 from prunekit.io import atomic_write_dir
+from prunekit.layers.hf_mlp import ffn_widths, sync_ffn_config
+from prunekit.tokens import check_tokenizer
 
 _REMOTE_MODULE = "prunekit_pruned_heads"
 
@@ -133,15 +135,19 @@ def calibration_split(calibration_size: int = 128, eval_size: int = 256,
     return calibration, held_out
 
 
-def token_batches(tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 128) -> list[dict]:
+def token_batches(tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 128,
+                  model: nn.Module | None = None) -> list[dict]:
     """`texts` tokenized into batches (dicts of tensors: ``prune(..., data=batches)`` calls
     ``model(**batch)``), texts of similar length batched together so little padding is added
-    (a padded position is an input too, for statistics such as Wanda's input norms).
+    (a padded position is an input too, for statistics such as Wanda's input norms). Given the
+    `model`, a tokenizer that does not match it is refused first (``prunekit.tokens.check_tokenizer``).
 
     >>> _, tokenizer = load_minilm()
     >>> [batch["input_ids"].shape[0] for batch in token_batches(tokenizer, ["a", "b c", "d e f"], 2)]
     [2, 1]
     """
+    if model is not None:
+        check_tokenizer(model, tokenizer)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     ordered = [texts[index] for index in sorted(range(len(texts)), key=lengths.__getitem__)]
     return [dict(tokenizer(ordered[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
@@ -205,10 +211,12 @@ def _head_counts(model: nn.Module) -> list[int] | None:
 
 
 def save_pruned(model: nn.Module, directory: str | Path) -> Path:
-    """``model.save_pretrained(directory)``, atomically, plus what reloading a head-pruned model needs.
+    """``model.save_pretrained(directory)``, atomically, plus what reloading a pruned model needs.
 
-    When heads were removed from a ``BertModel`` the directory also gets ``prunekit_pruned_heads.py``
-    (see ``prunekit.hf_remote``), ``config.prunekit_attention_heads`` and an ``auto_map``, so
+    FFN neurons removed alike from every block need nothing extra: the config gets the new width
+    (``prunekit.layers.hf_mlp.sync_ffn_config``). When heads were removed from a ``BertModel``, or
+    its blocks' FFN widths differ, the directory also gets ``prunekit_pruned_heads.py`` (see
+    ``prunekit.hf_remote``), the per-layer sizes in the config and an ``auto_map``, so
     ``AutoModel.from_pretrained(directory, trust_remote_code=True)`` rebuilds it; ``load_pruned``
     reloads it without remote code. An existing `directory` is replaced only once the new one is
     complete.
@@ -229,26 +237,39 @@ def save_pruned(model: nn.Module, directory: str | Path) -> Path:
             "the model has masks attached; call prunekit.masking.bake(model) (zeros stay) or "
             "shrink it before saving, so the checkpoint holds plain weights"
         )
-    counts = _head_counts(model)
-    if counts is not None and type(model).__name__ != "BertModel":
+    layer_sizes = _layer_sizes(model)
+    if layer_sizes and type(model).__name__ != "BertModel":
         raise PrunekitError(
-            f"save_pruned writes reloadable head-pruned {type(model).__name__} models only for the base "
-            "BertModel (AutoModel); save the base model (model.bert / model.base_model) or use "
+            f"save_pruned writes reloadable {type(model).__name__} models with per-layer head counts or FFN widths "
+            "only for the base BertModel (AutoModel); save the base model (model.bert / model.base_model) or use "
             "model.save_pretrained and reload with prunekit.hf.load_pruned(directory, model_class)"
         )
-    return atomic_write_dir(directory, lambda folder: _write_pretrained(model, folder, counts))
+    return atomic_write_dir(directory, lambda folder: _write_pretrained(model, folder, layer_sizes))
 
 
-def _write_pretrained(model: nn.Module, folder: Path, counts: list[int] | None) -> None:
+def _layer_sizes(model: nn.Module) -> dict[str, list[int]]:
+    """What the config cannot say by itself: heads per layer, FFN width per layer (when they differ)."""
+    from prunekit import hf_remote
+
+    sizes = {}
+    counts = _head_counts(model)
+    if counts is not None:
+        sizes[hf_remote.HEADS_KEY] = counts
+    if not sync_ffn_config(model):
+        sizes[hf_remote.FFN_KEY] = ffn_widths(model)[1]
+    return sizes
+
+
+def _write_pretrained(model: nn.Module, folder: Path, layer_sizes: dict[str, list[int]]) -> None:
     from prunekit import hf_remote
 
     model.save_pretrained(folder)
-    if counts is None:
+    if not layer_sizes:
         return
     shutil.copyfile(hf_remote.__file__, folder / f"{_REMOTE_MODULE}.py")
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
-    config[hf_remote.HEADS_KEY] = counts
+    config.update(layer_sizes)
     config["auto_map"] = {"AutoModel": f"{_REMOTE_MODULE}.PrunedHeadsBertModel"}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -294,8 +315,25 @@ def _narrow_to_checkpoint(model: nn.Module, shapes: dict[str, tuple[int, ...]]) 
     shrink_heads(model, keep_heads, groups)
 
 
+def _narrow_linears(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give every Linear / Conv1D layer the shape its checkpoint weight has (FFN widths per layer)."""
+    for name, module in list(model.named_modules()):
+        stored = shapes.get(f"{name}.weight")
+        if stored is None or tuple(module.weight.shape) == stored or len(stored) != 2:
+            continue
+        if type(module) is nn.Linear:
+            replacement = nn.Linear(stored[1], stored[0], bias=module.bias is not None)
+        elif type(module).__name__ == "Conv1D":  # transformers' (in x out) layer
+            replacement = type(module)(stored[1], stored[0])
+        else:
+            continue  # load_state_dict names the mismatch
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, replacement)
+
+
 def load_pruned(directory: str | Path, model_class=None) -> nn.Module:
-    """Reload a model saved with ``save_pruned`` (or save_pretrained) after head pruning.
+    """Reload a model saved with ``save_pruned`` (or save_pretrained) after head or neuron pruning:
+    attention layers get the head counts and Linear / Conv1D layers the shapes the checkpoint has.
 
     `model_class` defaults to ``transformers.AutoModel`` (pass e.g.
     ``AutoModelForSequenceClassification`` for a task head). Weights load strictly, in the
@@ -310,7 +348,9 @@ def load_pruned(directory: str | Path, model_class=None) -> nn.Module:
     # Auto classes build with from_config, concrete model classes with _from_config
     build = getattr(model_class, "from_config", None) or model_class._from_config
     model = build(config)
-    _narrow_to_checkpoint(model, _checkpoint_shapes(directory))
+    shapes = _checkpoint_shapes(directory)
+    _narrow_to_checkpoint(model, shapes)
+    _narrow_linears(model, shapes)
     files = sorted(directory.glob("*.safetensors"))
     state = {key: value for file in files for key, value in load_file(file).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)

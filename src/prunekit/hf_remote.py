@@ -1,14 +1,16 @@
-"""Modeling code that lets ``from_pretrained`` rebuild a BERT-style model with fewer attention heads.
+"""Modeling code that lets ``from_pretrained`` rebuild a BERT-style model with fewer attention heads
+or FFN neurons in some layers.
 
 transformers 5.x builds every attention layer with ``config.num_attention_heads`` heads, so the
 narrower weights of a head-pruned model do not fit a stock model. ``prunekit.hf.save_pruned``
 copies this file into the saved directory as ``prunekit_pruned_heads.py``, records the head count
-of every layer in ``config.prunekit_attention_heads`` and points ``config.auto_map`` here, so
+of every layer in ``config.prunekit_attention_heads`` (FFN widths that differ between layers in
+``config.prunekit_intermediate_sizes``) and points ``config.auto_map`` here, so
 
     AutoModel.from_pretrained(directory, trust_remote_code=True)
 
 builds the model, narrows each layer's query/key/value and output projections to the saved head
-count and loads the weights as usual. The file depends only on torch and transformers (not on
+count (and its FFN projections to the saved width) and loads the weights as usual. The file depends only on torch and transformers (not on
 prunekit), so the saved directory works wherever transformers does.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 HEADS_KEY = "prunekit_attention_heads"
+FFN_KEY = "prunekit_intermediate_sizes"
 
 
 def narrow_attention(attention: nn.Module, heads: int) -> None:
@@ -41,7 +44,8 @@ def narrow_attention(attention: nn.Module, heads: int) -> None:
 
 
 class PrunedHeadsBertModel(BertModel):
-    """``BertModel`` whose layer i has ``config.prunekit_attention_heads[i]`` attention heads."""
+    """``BertModel`` whose layer i has ``config.prunekit_attention_heads[i]`` attention heads and
+    ``config.prunekit_intermediate_sizes[i]`` FFN neurons."""
 
     config_class = BertConfig
 
@@ -52,6 +56,12 @@ class PrunedHeadsBertModel(BertModel):
             raise ValueError(
                 f"config.{HEADS_KEY} lists {len(heads)} layers but the model has {len(self.encoder.layer)}"
             )
-        for layer, count in zip(self.encoder.layer, heads):
+        widths = getattr(config, FFN_KEY, None) or [config.intermediate_size] * len(self.encoder.layer)
+        if len(widths) != len(self.encoder.layer):
+            raise ValueError(f"config.{FFN_KEY} lists {len(widths)} layers but the model has {len(self.encoder.layer)}")
+        for layer, count, width in zip(self.encoder.layer, heads, widths):
             if count != config.num_attention_heads:
                 narrow_attention(layer.attention, int(count))
+            if width != config.intermediate_size:  # fresh, narrower FFN projections (weights load later)
+                layer.intermediate.dense = nn.Linear(config.hidden_size, int(width))
+                layer.output.dense = nn.Linear(int(width), config.hidden_size)

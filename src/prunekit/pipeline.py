@@ -23,6 +23,7 @@ from prunekit.gates import gate_scores
 from prunekit.graph.record import ShrinkRecord
 from prunekit.graph.types import UnitGroup
 from prunekit.granularity import Granularity
+from prunekit.layers.hf_mlp import sync_ffn_config
 from prunekit.mask_carry import remove_carrying_masks
 from prunekit.masking import apply_masks, get_masks, named_effective_parameters
 from prunekit.metrics import count_params
@@ -175,11 +176,14 @@ def attach_full_masks(model: nn.Module, groups: Sequence[UnitGroup], owner: str 
 def remove_units(model: nn.Module, granularity: Granularity, groups: Sequence[UnitGroup],
                  keep: Mapping[str, torch.Tensor], example_inputs: object, owner: str | None = None) -> ShrinkRecord:
     """Remove the units with ``keep == False`` physically, carrying the masks on the model along
-    (masks of a live Pruner other than `owner` are refused)."""
+    (masks of a live Pruner other than `owner` are refused). A Hugging Face model's config gets
+    the new FFN width when every block has the same one (``prunekit.layers.hf_mlp``)."""
     require_example_inputs(granularity, example_inputs, f"removing {granularity.unit} units")
     with preserved_state(model):  # removal traces the model: no mode or RNG change may leak
-        return remove_carrying_masks(
+        record = remove_carrying_masks(
             model, lambda target, check: granularity.remove(target, groups, keep, example_inputs, check), owner)
+    sync_ffn_config(model)  # a Hugging Face config that counts the FFN width follows it (save_pretrained)
+    return record
 
 
 def measure_before(model: nn.Module, granularity: Granularity, groups: Sequence[UnitGroup]) -> _Before:

@@ -34,6 +34,7 @@ from prunekit.predictor import MaskPredictor
 from prunekit.pruner_goal import (check_groups, check_regularizer, default_scope, goal, layer_targets, options_from,
                                   pattern_goal)
 from prunekit.pruner_state import check_state, load_masks, own_masks
+from prunekit.reconstruct import prune_reconstructing
 from prunekit.request import (PruneRequest, check_layer_names, model_signature, require_example_inputs,
                                validate_request)
 from prunekit.schedules import OneShot, Schedule
@@ -337,6 +338,7 @@ def prune(
     layer_sparsity: Mapping[str, float] | None = None,
     predictor: MaskPredictor | None = None,
     pattern: str | None = None,
+    reconstruct: bool = False,
 ) -> PruneResult:
     """Prune `model` in place once and report what changed (a :class:`Pruner` stepped once).
 
@@ -360,6 +362,9 @@ def prune(
     layer's inputs (sparsity 1 - N/M). ``method="wanda"`` (|w|·‖X‖ on `data`) compares within rows.
     ``method="sparsegpt"`` (needs `data`) rebuilds the kept weights of a transformer's blocks, block
     by block (:func:`prunekit.one_shot.sparsegpt_prune`; scope ``"row"`` or ``"layer"``).
+    ``reconstruct=True`` (granularity ``"neuron"`` or ``"head"``, needs `data`) removes FFN neurons /
+    attention heads of a transformer's blocks, block by block, and refits the projection that reads
+    them by least squares (:func:`prunekit.reconstruct.reconstruct_prune`; method default ``"wanda"``).
 
     >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> result = prune(model, method="magnitude", sparsity=0.5, scope="global")
@@ -368,6 +373,12 @@ def prune(
     >>> prune(nn.Linear(4, 4), layer_sparsity={"weight": 0.25}).layer_sparsity
     {'weight': 0.25}
     """
+    if reconstruct:  # one-shot, block by block, refitting what reads the removed units: its own driver
+        return prune_reconstructing(model, method, sparsity, data, granularity=granularity, exclude=exclude,
+                                    num_batches=num_batches, remove=remove, example_inputs=example_inputs,
+                                    round_to=round_to, seed=seed, scope=scope, threshold=threshold,
+                                    layer_sparsity=layer_sparsity, predictor=predictor, pattern=pattern,
+                                    loss_fn=loss_fn)
     if method in ONE_SHOT_METHODS:  # rebuilds the kept weights: its own driver, not a score-then-select pass
         return prune_one_shot(model, method, sparsity, data, scope=scope, pattern=pattern, exclude=exclude,
                               num_batches=num_batches, granularity=granularity, threshold=threshold,

@@ -121,7 +121,8 @@ CRITERIA: MappingProxyType = MappingProxyType({criterion.name: criterion for cri
               comparable=True),
     Criterion("wanda", observed.wanda,
               "|w| * ‖X_j‖₂, the norm over calibration data of the input feature the weight multiplies (Wanda, "
-              "Sun et al. 2023); forward passes only, compared within each output row by default", "signal.input_norm",
+              "Sun et al. 2023); forward passes only, compared within each output row by default; neurons / heads "
+              "with reconstruct=True: ‖unit output‖₂ × ‖weights reading it‖₂", "signal.input_norm",
               scope="row"),
     Criterion("random", random_scores.random, "uniform random scores: the baseline to beat"),
 ]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from prunekit.criteria.weights import scatter_to_units
 from prunekit.errors import PrunekitError
 from prunekit.types import Evidence, Signal
 
@@ -72,13 +73,25 @@ def removal_cost(evidence: Evidence, generator: torch.Generator) -> torch.Tensor
 
 def wanda(evidence: Evidence, generator: torch.Generator) -> torch.Tensor:
     """|w| * ‖X_j‖₂ (Wanda, Sun et al. 2023): a weight matters as much as it is large times the
-    norm over the calibration data of the input feature j it multiplies.
+    norm over the calibration data of the input feature j it multiplies. For a unit (a neuron or
+    head whose output a following layer reads; ``prunekit.reconstruct``), the structured form:
+    ‖the unit's output‖₂ over the data × ‖the weights that read it‖₂ (`outgoing`).
 
     >>> evidence = Evidence((1, 2), weight=torch.tensor([[-2.0, 3.0]]),
     ...                     signal=Signal(input_norm=torch.tensor([[4.0, 1.0]])))
     >>> wanda(evidence, torch.Generator())
     tensor([[8., 3.]])
+    >>> columns = (torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([0, 1]))
+    >>> wanda(Evidence((2,), outgoing=(columns,), signal=Signal(input_norm=torch.tensor([1.0, 2.0]))),
+    ...       torch.Generator())
+    tensor([5., 2.])
     """
-    if evidence.weight is None:
-        raise PrunekitError("method 'wanda' scores single weights; use it with granularity 'unstructured'")
-    return evidence.weight.detach().abs() * _signal(evidence, "wanda", "input_norm")
+    norms = _signal(evidence, "wanda", "input_norm")
+    if evidence.weight is not None:
+        return evidence.weight.detach().abs() * norms
+    if not evidence.outgoing:
+        raise PrunekitError("method 'wanda' scores a unit by the weights that read it; this granularity shows none")
+    totals = torch.zeros(evidence.num_units)
+    for columns, unit_index in evidence.outgoing:
+        totals += scatter_to_units(columns.detach().float().pow(2).sum(dim=1), unit_index, evidence.num_units)
+    return norms.float() * totals.sqrt()
