@@ -172,3 +172,9 @@ def test_token_ids_past_the_vocabulary_are_refused_before_tracing():
     with pytest.raises(PrunekitError, match="calibration batch 1 .*tokenizer does not match"):
         prune(model, "wanda", 0.5, granularity="neuron", data=data, reconstruct=True)
     assert model.encoder.layer[0].intermediate.dense.out_features == 64
+
+
+def test_the_result_says_the_readers_were_refitted():
+    result = prune(bert(), "wanda", 0.5, granularity="neuron", data=batches(), reconstruct=True)
+    assert result.reconstructed and "readers refitted" in str(result)
+    assert not prune(bert(), "magnitude", 0.5).reconstructed

@@ -106,7 +106,7 @@ def test_prune_meets_the_target_in_every_row_and_leaves_the_rest_dense(layout):
 def test_two_four_pattern_is_exact_and_the_model_runs(layout):
     model, data = BUILDERS[layout](), batches()
     result = prune(model, "sparsegpt", data=data, pattern="2:4")
-    assert result.sparsity_target == 0.5
+    assert result.sparsity_target == 0.5 and result.pattern == "2:4"
     for name in (name + ".weight" for name in block_weights(model)):
         rows = out_rows(model, name)
         assert ((rows != 0).reshape(rows.shape[0], -1, 4).sum(dim=-1) == 2).all(), name

@@ -116,6 +116,7 @@ def test_nm_keeps_the_n_best_of_every_m_consecutive_inputs(pattern, expected):
     result = prune(linear, "magnitude", pattern=pattern)
     prune(conv, "magnitude", pattern=pattern)
     assert result.sparsity_target == 0.5 and result.sparsity_achieved == 0.5
+    assert result.pattern == pattern and f"pattern {pattern}" in str(result)
     assert (linear[0].weight != 0).int().tolist() == expected
     assert (conv[0].weight.t() != 0).int().tolist() == expected  # runs along the Conv1D's input dim 0
 

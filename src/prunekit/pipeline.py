@@ -217,5 +217,5 @@ def build_result(model: nn.Module, request: PruneRequest, granularity: Granulari
         relative_sparsity=gone_magnitude / total_magnitude if total_magnitude else 0.0,
         seconds=time.perf_counter() - before.started, layer_sparsity=layer_sparsity, masks=get_masks(model),
         params_before=before.params, params_after=count_params(model)[0] if before.params is not None else None,
-        shrink_record=record,
+        shrink_record=record, pattern=request.options.pattern,
     )

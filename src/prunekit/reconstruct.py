@@ -210,7 +210,9 @@ def reconstruct_prune(model: nn.Module, method: str | None, sparsity: float, dat
     options = PruneOptions(exclude=exclude, seed=seed, round_to=round_to, num_batches=num_batches, remove=remove)
     request = PruneRequest(method, granularity, "layer", float(sparsity), None, options)
     present = keep if record is not None else unit_granularity.present(model, groups)
-    return build_result(model, request, unit_granularity, groups, before, present, record, float(sparsity))
+    result = build_result(model, request, unit_granularity, groups, before, present, record, float(sparsity))
+    result.reconstructed = True
+    return result
 
 
 def prune_reconstructing(model: nn.Module, method: str | None, sparsity: float, data: Iterable, *,

@@ -101,6 +101,8 @@ class PruneResult:
     params_after: int | None = None
     shrink_record: Any = field(default=None, repr=False)
     rewound: bool = False  # the surviving weights went back to a snapshot (Lottery): reset the optimiser
+    pattern: str | None = None  # "N:M": N of every M consecutive weights kept along the inputs
+    reconstructed: bool = False  # the layers reading the pruned units were refitted (prunekit.reconstruct)
 
     @property
     def sparsity_achieved(self) -> float:
@@ -113,6 +115,8 @@ class PruneResult:
             if self.sparsity_target is not None
             else f"threshold {self.threshold:g}"
         )
+        goal += f", pattern {self.pattern}" if self.pattern else ""
+        goal += ", readers refitted" if self.reconstructed else ""
         lines = [
             f"{self.method} / {self.granularity} / {self.scope} scope, {goal}: "
             f"{self.sparsity_achieved:.2%} of {self.units_targeted:,} targeted {self.unit}s pruned "
