@@ -178,3 +178,12 @@ def test_the_result_says_the_readers_were_refitted():
     result = prune(bert(), "wanda", 0.5, granularity="neuron", data=batches(), reconstruct=True)
     assert result.reconstructed and "readers refitted" in str(result)
     assert not prune(bert(), "magnitude", 0.5).reconstructed
+
+
+def test_too_few_calibration_tokens_for_the_readers_width_are_refused():
+    """Fewer tokens than the FFN output projection has inputs: XᵀX is singular, the refit would fit noise."""
+    model = bert()
+    with pytest.raises(PrunekitError, match="least-squares reconstruction needs at least as many calibration tokens "
+                                            r"as a layer has inputs \(64 for 'encoder.layer.0.output.dense.weight'\)"):
+        prune(model, "wanda", 0.5, granularity="neuron", data=batches(count=1, size=2), reconstruct=True)
+    assert model.encoder.layer[0].intermediate.dense.out_features == 64

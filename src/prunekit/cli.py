@@ -59,17 +59,65 @@ def _run_and_report(config, out_dir: str) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from prunekit.harness import CompareConfig
+    from prunekit.harness_transformers import TRANSFORMER_MODELS
 
+    if args.model in TRANSFORMER_MODELS:
+        _compare_transformer(args)
+        return
     config = CompareConfig(
         model=args.model, dataset=args.dataset, methods=args.methods, sparsities=args.sparsity,
-        scope=args.scope, granularity=args.granularity, seeds=args.seeds,
-        finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        scope=args.scope or "global", granularity=args.granularity, seeds=args.seeds,
+        finetune_epochs=2 if args.finetune_epochs is None else args.finetune_epochs,
+        finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         exclude=args.exclude, train_epochs=args.train_epochs, cache_dir=args.cache_dir,
         progress=not args.no_progress, round_to=args.round_to,
         schedule=args.schedule, distill=args.distill, tolerance=args.tolerance,
         allocation=args.allocation, budget=args.budget,
     )
     _run_and_report(config, args.out)
+
+
+def _paragraphs(path: str | None, option: str) -> tuple[str, ...] | None:
+    """One paragraph per non-empty line of `path` (None when the option was not given)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return tuple(line.strip() for line in file if line.strip())
+    except OSError as error:
+        raise PrunekitError(f"cannot read {option} {path}: {error.strerror}; give a text file with one paragraph "
+                            "per line") from None
+
+
+def _compare_transformer(args: argparse.Namespace) -> None:
+    from prunekit.harness_transformers import (TransformerCompareConfig, run_transformer_compare,
+                                               write_transformer_results)
+    from prunekit.report import format_transformer_table
+
+    config = TransformerCompareConfig(
+        model=args.model, methods=args.methods, sparsities=args.sparsity, granularity=args.granularity,
+        scope=args.scope, pattern=args.pattern, reconstruct=args.reconstruct, seeds=args.seeds,
+        calibration_size=128 if args.calibration_size is None else args.calibration_size,
+        eval_size=256 if args.eval_size is None else args.eval_size,
+        calibration_texts=_paragraphs(args.calibration_text, "--calibration-text"),
+        eval_texts=_paragraphs(args.eval_text, "--eval-text"), time_unstructured=args.time_unstructured,
+        progress=not args.no_progress)
+
+    def show(run: dict) -> None:
+        timed = "" if run["latency_ms"] is None else (
+            f", batch {run['latency_batch_size']}: {run['latency_ms']:.1f} ms (dense {run['latency_dense_ms']:.1f})")
+        label = f"{run['granularity']}:{run['method']}"
+        print(f"  seed {run['seed']} {label:<24} {run['sparsity_target']:.0%}: cosine "
+              f"{run['accuracy']:.4f} (dense 1.0), nn agreement {run['nn_agreement']:.3f}, pruned in "
+              f"{run['prune_seconds']:.2f} s{timed}", flush=True)
+
+    runs = run_transformer_compare(config, on_run=show)
+    path = write_transformer_results(args.out, config, runs)
+    print(f"\n{config.model}: one-shot, no fine-tuning; {runs[0]['calibration_texts']} calibration texts, "
+          f"{runs[0]['eval_texts']} held-out texts ({runs[0]['dataset']}); latency at sequence length "
+          f"{config.sequence_length}, structured runs only{' (and unstructured)' if config.time_unstructured else ''}")
+    print(format_transformer_table(runs))
+    print(f"\nresults written to {path} ('accuracy' there is the mean cosine similarity; 'accuracy_dense' 1.0)")
 
 
 DEMO_METHODS = (
@@ -148,9 +196,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _cmd_list(args: argparse.Namespace) -> None:
     from prunekit.data import list_datasets
+    from prunekit.harness_transformers import TRANSFORMER_MODELS
     from prunekit.zoo import list_models
 
-    for title, entries in (("models", list_models()), ("datasets", list_datasets())):
+    for title, entries in (("models", list_models()), ("datasets", list_datasets()),
+                           ("pretrained models (prunekit compare --model NAME, no --dataset)", TRANSFORMER_MODELS)):
         print(f"{title}:")
         for name, description in entries.items():
             print(f"  {name:<18} {description}")
@@ -181,12 +231,14 @@ def _add_compare_arguments(compare: argparse.ArgumentParser) -> None:
     from prunekit.granularity import GRANULARITIES
     from prunekit.recovery import SCHEDULE_NAMES
 
-    compare.add_argument("--model", required=True, help="zoo model name, see 'prunekit list'")
-    compare.add_argument("--dataset", required=True, help="bundled dataset name, see 'prunekit list'")
+    compare.add_argument("--model", required=True, help="zoo model name, or minilm (pretrained), see 'prunekit list'")
+    compare.add_argument("--dataset", default=None,
+                         help="bundled dataset name, see 'prunekit list' (zoo models; minilm needs none)")
     compare.add_argument("--methods", type=_names, required=True, help="comma-separated, see 'prunekit methods'")
     compare.add_argument("--sparsity", type=_floats, default=(),
                          help="comma-separated targets in [0, 1) (or a --budget, or '@sparsity' in --methods)")
-    compare.add_argument("--scope", default="global", choices=("global", "layer", "lamp"))
+    compare.add_argument("--scope", default=None, choices=("global", "layer", "lamp", "row"),
+                         help="default: global for zoo models, each method's own for minilm (row: minilm only)")
     compare.add_argument("--allocation", default=None, choices=("uniform", "global", "lamp", "sensitivity"),
                          help="per-layer amounts meeting each sparsity or the --budget (default: as --scope); "
                               "sensitivity measures each layer's curve on the validation split first")
@@ -196,7 +248,7 @@ def _add_compare_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--granularity", default="unstructured", choices=tuple(GRANULARITIES),
                          help="for method specs without a 'granularity:' prefix")
     compare.add_argument("--seeds", type=_ints, default=(0,))
-    compare.add_argument("--finetune-epochs", type=int, default=2)
+    compare.add_argument("--finetune-epochs", type=int, default=None, help="zoo models (default 2)")
     compare.add_argument("--finetune-lr", type=float, default=None)
     compare.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default per model)")
     compare.add_argument("--batch-size", type=int, default=64, help="batch size for latency (default 64)")
@@ -215,6 +267,45 @@ def _add_compare_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--distill", action="store_true",
                          help="fine-tune with distillation from the dense model (soft targets + labels)")
     compare.add_argument("--out", default="runs/compare")
+    minilm = compare.add_argument_group("pretrained transformers (--model minilm): one-shot, no fine-tuning")
+    minilm.add_argument("--pattern", default=None, help="N:M pattern for unstructured methods, e.g. 2:4")
+    minilm.add_argument("--reconstruct", action="store_true",
+                        help="neuron/head: refit the projection that reads removed units (least squares)")
+    minilm.add_argument("--calibration-size", type=int, default=None, help="calibration paragraphs (default 128)")
+    minilm.add_argument("--eval-size", type=int, default=None, help="held-out paragraphs (default 256)")
+    minilm.add_argument("--calibration-text", default=None, metavar="FILE",
+                        help="your calibration text, one paragraph per non-empty line")
+    minilm.add_argument("--eval-text", default=None, metavar="FILE",
+                        help="your held-out text, one paragraph per line (must not overlap the calibration)")
+    minilm.add_argument("--time-unstructured", action="store_true",
+                        help="also time unstructured runs (zeros do not speed up dense kernels)")
+
+
+#: compare options only zoo models (trained, then fine-tuned) or only pretrained transformers use
+_ZOO_ONLY = ("dataset", "finetune_epochs", "finetune_lr", "train_epochs", "batch_size", "exclude", "round_to",
+             "schedule", "tolerance", "distill", "allocation", "budget", "cache_dir")
+_TRANSFORMER_ONLY = ("pattern", "reconstruct", "calibration_size", "eval_size", "calibration_text", "eval_text",
+                     "time_unstructured")
+
+
+def _check_compare_args(compare: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that do not apply to the model are refused (argparse exits 2), not ignored."""
+    from prunekit.harness_transformers import TRANSFORMER_MODELS
+
+    def given(dests: tuple[str, ...]) -> list[str]:
+        return ["--" + dest.replace("_", "-") for dest in dests if getattr(args, dest) != compare.get_default(dest)]
+
+    if args.model in TRANSFORMER_MODELS:
+        if given(_ZOO_ONLY):
+            compare.error(f"{', '.join(given(_ZOO_ONLY))}: not for --model {args.model}, which is pretrained and "
+                          "pruned one-shot (no dataset, training or fine-tuning)")
+        return
+    if args.dataset is None:
+        compare.error(f"--dataset is required for zoo model '{args.model}' (see 'prunekit list'); pretrained "
+                      f"models that need none: {', '.join(TRANSFORMER_MODELS)}")
+    if given(_TRANSFORMER_ONLY) or args.scope == "row":
+        compare.error(f"{', '.join(given(_TRANSFORMER_ONLY)) or '--scope row'}: only for --model "
+                      f"{' / '.join(TRANSFORMER_MODELS)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="compare pruning methods on one model and dataset")
     _add_compare_arguments(compare)
-    compare.set_defaults(handler=_cmd_compare)
+    compare.set_defaults(handler=_cmd_compare, check=lambda args: _check_compare_args(compare, args))
 
     demo = commands.add_parser("demo", help="a 3-minute comparison on bundled data")
     demo.add_argument("--out", default="runs/demo")
@@ -259,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunekit`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(args)
     try:
         args.handler(args)
     except PrunekitError as error:

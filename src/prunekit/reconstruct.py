@@ -41,6 +41,7 @@ from prunekit.pipeline import build_result, measure_before, remove_units
 from prunekit.request import PruneOptions, PruneRequest
 from prunekit.select import SelectionRule, select
 from prunekit.sequential import calibrate_sequentially, find_block_stacks
+from prunekit.sparsegpt import check_calibration_tokens
 from prunekit.stats.hessians import InputHessian
 from prunekit.stats.loop import split_batch
 from prunekit.targets import ExcludeItem
@@ -111,9 +112,7 @@ def _in_blocks(group: UnitGroup, consumer: Member, stacks: Mapping[str, nn.Modul
 def _check(method: str, sparsity: object, data: object, num_batches: object, percdamp: object,
            granularity: str) -> tuple[Granularity, Criterion]:
     if granularity not in RECONSTRUCT_GRANULARITIES:
-        raise PrunekitError(f"reconstruct=True refits the projection that reads pruned neurons or heads: use "
-                            f"granularity 'neuron' or 'head' (got '{granularity}'; for single weights use "
-                            "method='sparsegpt', which rebuilds the kept weights)")
+        check_reconstruct_method(method, granularity)  # says which granularities
     if data is None:
         raise PrunekitError("reconstruct=True needs calibration data: pass data=<batches of inputs>, e.g. "
                             "prunekit.hf.token_batches(tokenizer, texts)")
@@ -124,8 +123,22 @@ def _check(method: str, sparsity: object, data: object, num_batches: object, per
         raise PrunekitError(f"num_batches must be an int >= 1, got {num_batches!r}")
     if not (isinstance(percdamp, (int, float)) and not isinstance(percdamp, bool) and percdamp >= 0):
         raise PrunekitError(f"percdamp must be a number >= 0 (0.01 by default), got {percdamp!r}")
+    return check_reconstruct_method(method, granularity)
+
+
+def check_reconstruct_method(method: str, granularity: str) -> tuple[Granularity, Criterion]:
+    """The granularity and criterion of ``prune(..., method, granularity=..., reconstruct=True)``,
+    or an error: criteria may read what a block's weights and consumer Hessians give (weights,
+    ``signal.input_norm``), not evidence that needs its own pass over the data (gradients, ...).
+
+    >>> check_reconstruct_method("wanda", "head")[1].name
+    'wanda'
+    """
+    if granularity not in RECONSTRUCT_GRANULARITIES:
+        raise PrunekitError(f"reconstruct=True refits the projection that reads pruned neurons or heads: use "
+                            f"granularity 'neuron' or 'head' (got '{granularity}'; for single weights use "
+                            "method='sparsegpt', which rebuilds the kept weights)")
     unit_granularity = get_granularity(granularity)
-    # what a block's Hessians and weights offer: no evidence that needs its own pass over the data
     offered = {read for read in unit_granularity.provides if NEEDS.get(read) is None} | {"signal.input_norm"}
     return unit_granularity, get_criterion(method, offered, f"{granularity} method with reconstruct=True")
 
@@ -190,6 +203,7 @@ def reconstruct_prune(model: nn.Module, method: str | None, sparsity: float, dat
 
     def solve(name: str, weight: torch.Tensor, hessian: InputHessian) -> tuple[torch.Tensor, torch.Tensor]:
         group, member = by_consumer[name], consumers[by_consumer[name].name]
+        check_calibration_tokens(hessian.tokens, weight.shape[1], name, "least-squares reconstruction")
         norms = _unit_input_norms(hessian, member.unit_index, group.num_units)
         scores = criterion.score(replace(evidence[group.name], signal=Signal(input_norm=norms)), generator)
         rule = SelectionRule(sparsity=float(sparsity), min_keep=unit_granularity.min_keep, round_to=round_to)
@@ -237,4 +251,4 @@ def prune_reconstructing(model: nn.Module, method: str | None, sparsity: float, 
     return reconstruct_prune(model, method, sparsity, data, **settings)
 
 
-__all__ = ["RECONSTRUCT_GRANULARITIES", "prune_reconstructing", "reconstruct_prune", "refit_columns"]
+__all__ = ["RECONSTRUCT_GRANULARITIES", "check_reconstruct_method", "prune_reconstructing", "reconstruct_prune", "refit_columns"]

@@ -91,6 +91,56 @@ def format_table(runs: Iterable[dict]) -> str:
     return "\n".join(lines)
 
 
+def _mean_or_none(members: list[dict], key: str) -> float | None:
+    values = [member.get(key) for member in members]
+    return None if any(value is None for value in values) else statistics.fmean(values)
+
+
+def _latency_cells(members: list[dict], suffix: str) -> str:
+    """``pruned / dense ms  speedup`` (geometric mean of each run's ratio), or dashes when untimed."""
+    pruned, dense = _mean_or_none(members, f"latency{suffix}_ms"), _mean_or_none(members, f"latency_dense{suffix}_ms")
+    if pruned is None or dense is None:
+        return f"{'-':>17}{'-':>8}"
+    speedup = statistics.geometric_mean(m[f"latency_dense{suffix}_ms"] / m[f"latency{suffix}_ms"] for m in members)
+    return f"{pruned:>8.1f} /{dense:>7.1f}{speedup:>7.2f}x"
+
+
+def format_transformer_table(runs: Iterable[dict]) -> str:
+    """A table of pretrained-transformer runs (prunekit.harness_transformers), mean over seeds; its
+    first line says what ``accuracy`` means there: the mean cosine similarity of sentence
+    embeddings to the dense model's (dense = 1.0). Latency: pruned / dense ms at batch 1 and at the
+    largest batch; ``-`` where a run was not timed (unstructured zeros do not speed up dense kernels).
+
+    >>> run = {"method": "wanda", "granularity": "unstructured", "scope": "row", "pattern": None,
+    ...     "sparsity_target": 0.5, "sparsity_achieved": 0.5, "accuracy": 0.86, "nn_agreement": 0.75,
+    ...     "params": 100, "params_nonzero": 60, "prune_seconds": 1.5, "latency_ms": None,
+    ...     "latency_dense_ms": None, "latency_b1_ms": None, "latency_dense_b1_ms": None, "latency_batch_size": 32}
+    >>> lines = format_transformer_table([run]).splitlines()
+    >>> "mean cosine" in lines[0], lines[3].split()[:6]
+    (True, ['wanda', 'unstructured', 'row', '50%', '50.00%', '0.8600'])
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["method"], run["granularity"], run["pattern"] or run["scope"], run["sparsity_target"])].append(run)
+    batch = max((run["latency_batch_size"] for members in groups.values() for run in members), default=32)
+    header = (f"{'method':<20}{'gran.':<13}{'scope':<7}{'target':>7}{'achieved':>9}{'cosine':>8}{'± sd':>7}"
+              f"{'nn agr':>7}{'params':>12}{'nonzero':>12}{'prune s':>8}{'b1 ms / dense':>17}{'speedup':>8}"
+              f"{f'b{batch} ms / dense':>17}{'speedup':>8}")
+    lines = ["accuracy = cosine: mean cosine similarity of held-out sentence embeddings to the dense model's "
+             "(dense = 1.0); nn agr: share of held-out paragraphs whose nearest neighbour is unchanged",
+             header, "-" * len(header)]
+    for (method, granularity, scope, sparsity), members in groups.items():
+        def mean(key: str) -> float:
+            return statistics.fmean(member[key] for member in members)
+
+        cosine_sd = statistics.pstdev(member["accuracy"] for member in members)
+        lines.append(f"{method:<20}{granularity:<13}{scope:<7}{sparsity:>7.0%}{mean('sparsity_achieved'):>9.2%}"
+                     f"{mean('accuracy'):>8.4f}{cosine_sd:>7.4f}{mean('nn_agreement'):>7.3f}{mean('params'):>12,.0f}"
+                     f"{mean('params_nonzero'):>12,.0f}{mean('prune_seconds'):>8.2f}"
+                     f"{_latency_cells(members, '_b1')}{_latency_cells(members, '')}")
+    return "\n".join(lines)
+
+
 def benchmark_markdown(title: str, intro: list[str], tables: list[str], checks: list[tuple[str, bool, str]]) -> str:
     """A benchmark's results page: a ``# title``, the `intro` paragraphs, the fixed-width `tables`
     (e.g. from `format_table`) in one code block, then a PASS/FAIL table of the `checks`, each

@@ -34,7 +34,7 @@ from prunekit.errors import PrunekitError
 SCOPES = ("row", "layer")
 
 
-def check_calibration_tokens(tokens: int, in_features: int, layer: str = "the layer") -> None:
+def check_calibration_tokens(tokens: int, in_features: int, layer: str = "the layer", method: str = "SparseGPT") -> None:
     """Refuse a Hessian from fewer calibration tokens than `layer` has inputs.
 
     ``XᵀX`` of ``tokens`` input rows has rank at most ``tokens``: below the layer's input width
@@ -48,7 +48,7 @@ def check_calibration_tokens(tokens: int, in_features: int, layer: str = "the la
     """
     if tokens < in_features:
         raise PrunekitError(
-            f"SparseGPT needs at least as many calibration tokens as a layer has inputs ({in_features} for "
+            f"{method} needs at least as many calibration tokens as a layer has inputs ({in_features} for "
             f"'{layer}'), so that XᵀX of its inputs is full rank; it saw {tokens} tokens: pass more (or longer) "
             f"calibration samples, at least {in_features} tokens"
         )
