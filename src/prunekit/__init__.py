@@ -10,6 +10,9 @@ from prunekit.allocation import allocate, prune_to_budget
 from prunekit.budget import Allocation, Budget
 from prunekit.checkpoint import ArchSpec, load_checkpoint, save_checkpoint
 from prunekit.criteria import CRITERIA, get_criterion
+from prunekit.deploy.onnx_export import OnnxExport, export_onnx
+from prunekit.deploy.sparse_inference import SparseInferenceResult, sparse_inference
+from prunekit.deploy.storage import StorageReport, compress_checkpoint, save_compressed
 from prunekit.errors import PrunekitError
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.masking import apply_masks, bake, get_masks
@@ -45,6 +48,7 @@ __all__ = [
     "Lottery",
     "MaskPredictor",
     "OneShot",
+    "OnnxExport",
     "Polynomial",
     "PredictorConfig",
     "PruneOptions",
@@ -55,15 +59,19 @@ __all__ = [
     "SelectionRule",
     "SensitivityResult",
     "SparseGPTConfig",
+    "SparseInferenceResult",
     "SparsityReport",
     "SparsitySearch",
+    "StorageReport",
     "allocate",
     "apply_masks",
     "bake",
     "collect",
     "collect_gradient_stats",
+    "compress_checkpoint",
     "count_macs",
     "count_params",
+    "export_onnx",
     "finalize",
     "get_criterion",
     "get_granularity",
@@ -77,10 +85,12 @@ __all__ = [
     "prune_to_budget",
     "remove_masked_units",
     "save_checkpoint",
+    "save_compressed",
     "search_sparsity",
     "select",
     "select_by_ratio",
     "select_by_threshold",
     "sparsegpt_prune",
+    "sparse_inference",
     "summary",
 ]

@@ -10,6 +10,13 @@ A checkpoint is a dict of plain types and tensors, loadable with ``torch.load(we
      "masks": {...},        # keep-masks of a masked model ({} once baked)
      "meta": {...}}         # free-form JSON-like information (accuracy, method, ...)
 
+With ``storage="sparse"`` (or ``"sparse-fp16"``) the file is of version 4: it adds
+``"storage"``, each "state_dict" entry is a ``prunekit.deploy.codec`` dict (bitmask or CSR
+indices + the nonzero values, or the values as they are, whichever is smallest; fp16 values for
+``"sparse-fp16"``) and "masks" is the list of masked weights, whose keep-mask is the set of entries
+their entry stores. Only the values a mask hides are dropped (they load as zeros), so the outputs
+are bit-identical (fp16: each stored value rounded to float16). Dense files stay version 3.
+
 The architecture is an ``ArchSpec`` (``prunekit.arch``): a zoo name or an importable
 ``"package.module:ClassName"`` with keyword arguments. Reloading builds the architecture,
 replays the structural record (so the layers have the pruned shapes again), loads the tensors
@@ -27,15 +34,19 @@ import torch
 from torch import nn
 
 from prunekit.arch import ArchSpec
+from prunekit.deploy.codec import decode_state, encode_state
 from prunekit.errors import PrunekitError
 from prunekit.graph import ShrinkRecord
 from prunekit.io import atomic_save
 from prunekit.masking import apply_masks, gated_names, get_masks, named_effective_parameters, original_parameter
 from prunekit.state import preserved_state
+from prunekit.torch_files import load_data_file
 
 FORMAT = "prunekit-checkpoint"
 VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+SPARSE_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
+STORAGES = ("dense", "sparse", "sparse-fp16")
 
 __all__ = ["ArchSpec", "load_checkpoint", "save_checkpoint"]
 
@@ -74,6 +85,7 @@ def save_checkpoint(
     record: ShrinkRecord | Mapping | None = None,
     *,
     trust_factory: bool = False,
+    storage: str = "dense",
 ) -> Path:
     """Write `model` (masked, baked and/or structurally pruned) to `path` atomically.
 
@@ -82,6 +94,8 @@ def save_checkpoint(
     Before anything is written the architecture is rebuilt from `arch` and `record` and its
     shapes compared with `model`'s, so a checkpoint that would not reload is refused. An `arch`
     naming a factory function needs `trust_factory`, here and in ``load_checkpoint``.
+    `storage` ``"sparse"`` stores each mostly-zero tensor by its nonzeros (``"sparse-fp16"``: as
+    float16 too); ``load_checkpoint`` reads every storage (see the module docstring).
 
     >>> import tempfile, os
     >>> from prunekit import prune
@@ -97,6 +111,8 @@ def save_checkpoint(
         raise PrunekitError(
             f"arch must be an ArchSpec (e.g. ArchSpec.of(model, input_shape)); got a {type(arch).__name__}"
         )
+    if storage not in STORAGES:
+        raise PrunekitError(f"storage must be one of {', '.join(STORAGES)}; got {storage!r}")
     structure = ShrinkRecord.from_dict(record).to_dict() if record is not None else None
     state = _stored_state_dict(model)
     problem = _shape_mismatch(arch.rebuild(structure, trust_factory=trust_factory), state)
@@ -113,21 +129,23 @@ def save_checkpoint(
         "masks": get_masks(model),
         "meta": dict(meta or {}),
     }
+    if storage != "dense":
+        entries, masked = encode_state(state, payload["masks"], fp16=storage == "sparse-fp16")
+        payload.update(version=SPARSE_VERSION, storage=storage, state_dict=entries, masks=masked)
     return atomic_save(payload, Path(path))
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise PrunekitError(f"checkpoint '{path}' does not exist; pass the path of a file saved by prunekit")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise PrunekitError(f"'{path}' is not a readable torch checkpoint ({error})") from None
+    # says what the file is instead (directory, truncated, text, ...), never torch's weights_only advice
+    payload = load_data_file(path, "prunekit checkpoint", "save models with prunekit.save_checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PrunekitError(
             f"'{path}' is not a prunekit checkpoint (no 'format': '{FORMAT}' entry); "
             "save models with prunekit.save_checkpoint"
         )
+    if payload.get("storage", "dense") not in STORAGES:
+        raise PrunekitError(f"'{path}' names storage {payload.get('storage')!r}; this prunekit reads "
+                            f"{', '.join(STORAGES)}. Upgrade prunekit")
     if payload.get("version") not in _READABLE_VERSIONS:
         raise PrunekitError(
             f"'{path}' is a prunekit checkpoint of version {payload.get('version')!r}; this prunekit reads "
@@ -157,10 +175,21 @@ def load_checkpoint(path: str | Path, *, trust_factory: bool = False) -> tuple[n
         model = arch.rebuild(payload.get("structure"), trust_factory=trust_factory)
     except PrunekitError as error:
         raise PrunekitError(f"cannot rebuild the model saved in '{path}': {error}") from error
-    model.load_state_dict(payload["state_dict"], strict=True)
-    if payload["masks"]:
-        apply_masks(model, payload["masks"])
+    state, masks = payload["state_dict"], payload["masks"]
+    if payload.get("storage", "dense") != "dense":
+        try:
+            state, masks = decode_state(state, masks)
+        except PrunekitError as error:
+            raise PrunekitError(f"cannot read '{path}': {error}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise PrunekitError(f"the tensors in '{path}' do not fit its architecture ({error}); the file is "
+                            "damaged or was edited: save the model again") from None
+    if masks:
+        apply_masks(model, masks)
     info = {key: value for key, value in payload.items() if key not in ("state_dict", "masks")}
     info["arch"] = arch.to_dict()
-    info["masked"] = bool(payload["masks"])
+    info["masked"] = bool(masks)
+    info["storage"] = payload.get("storage", "dense")
     return model, info
