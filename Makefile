@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,20 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# --resume: a second `make demo` prints the finished runs again instead of refusing runs/demo
 demo: $(STAMP)
-	$(BIN)/prunekit demo
+	$(BIN)/prunekit demo --resume
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# the browser tests/test_report_html.py renders report.html in (Debian's chromium); installed when
+# missing and apt-get is usable as root, else that test skips and says how to install it
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& export DEBIAN_FRONTEND=noninteractive && { apt-get install -y -q chromium \
+		|| { apt-get update -q && apt-get install -y -q chromium; }; }; } \
+		|| echo "chromium not installed (needs root and apt-get): the browser check of tests/test_report_html.py will skip"
 
 clean:
 	rm -rf $(VENV) .prunekit-cache

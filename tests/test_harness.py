@@ -32,6 +32,9 @@ def test_every_run_has_the_required_fields_and_sane_values(runs):
         assert run["params_nonzero"] == run["params_dense"] - pruned
         assert run["macs_nonzero"] < run["macs_dense"] == run["macs"]
         assert run["latency_ms"] > 0 and run["batch_size"] == 16
+        # prunekit.paired_timing: 5 to 15 rounds; noisy exactly when the last 5 rounds' ratios still disagree
+        assert 5 <= run["latency_rounds"] <= 15 and run["latency_noisy"] == (run["latency_spread"] > 0.1)
+        assert run["latency_rounds"] == 15 or not run["latency_noisy"]  # it stops early only when stable
 
 
 def test_all_methods_start_from_the_same_baseline(runs):

@@ -33,7 +33,9 @@ def test_readme_examples_run_and_print_what_they_claim(tmp_path, monkeypatch):
     out = printed.getvalue()
     assert "SparsityReport(target=0.9, achieved=0.9)" in out
     assert "row 50% [2]" in out  # wanda at 2:4 keeps 2 of every 4 consecutive inputs
+    assert "{'units': 16, 'params': 256, 'nonzero': 256} ['neuron:l1 50%', 'unstructured:magnitude 80%']" in out
     assert "Linear(in_features=784, out_features=150, bias=True) Linear(in_features=150, out_features=50" in out
     assert re.search(r"accuracy 9\d\.\d\d%", out), out
     assert (tmp_path / "small.pt").is_file()
+    assert "bit-identical: True" in out and re.search(r"onnxruntime vs torch: \d+e[-+]\d\d, 95% zeros", out), out
     sys.modules.pop("mymodels", None)

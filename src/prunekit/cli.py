@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from prunekit import __version__
+from prunekit.cli_args import CommandParser, count, non_negative_float, positive_float
 from prunekit.errors import PrunekitError
 
 
@@ -18,9 +20,12 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(item) for item in text.split(",") if item.strip())
+        values = tuple(int(item) for item in text.split(",") if item.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2; got {text!r}") from None
+        values = (-1,)
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0 such as 0,1,2; got {text!r}")
+    return values
 
 
 def _round_to(text: str) -> int | str | None:
@@ -39,8 +44,16 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _run_and_report(config, out_dir: str) -> None:
-    from prunekit.harness import run_compare, write_results
+def _write_report(results_path) -> None:
+    """report.html and report.md (plots, Pareto frontiers, the comparison in words) beside results.json."""
+    from prunekit.report_html import report_from_results
+
+    html_path, md_path = report_from_results(results_path)
+    print(f"report written to {html_path} and {md_path}")
+
+
+def _run_and_report(config, args: argparse.Namespace) -> None:
+    from prunekit.cli_results import compare_zoo
     from prunekit.report import format_table
 
     def show(run: dict) -> None:
@@ -48,13 +61,13 @@ def _run_and_report(config, out_dir: str) -> None:
         print(f"  seed {run['seed']} {run['method']:<14} {run['sparsity_target']:.0%}: "
               f"accuracy {100 * run['accuracy']:.2f}% (dense {100 * run['accuracy_dense']:.2f}%){rounded}", flush=True)
 
-    runs = run_compare(config, on_run=show)
-    path = write_results(out_dir, config, runs)
+    runs, path = compare_zoo(config, args, show)  # --out checked first; each run written as it finishes
     print()
     print(f"{config.model} on {config.dataset}, {config.scope} scope, {config.finetune_epochs} fine-tune "
           f"epoch(s), seeds {','.join(map(str, config.seeds))}; latency at batch {config.batch_size}")
     print(format_table(runs))
     print(f"\nresults written to {path}")
+    _write_report(path)
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -74,7 +87,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         schedule=args.schedule, distill=args.distill, tolerance=args.tolerance,
         allocation=args.allocation, budget=args.budget,
     )
-    _run_and_report(config, args.out)
+    _run_and_report(config, args)
 
 
 def _paragraphs(path: str | None, option: str) -> tuple[str, ...] | None:
@@ -90,8 +103,8 @@ def _paragraphs(path: str | None, option: str) -> tuple[str, ...] | None:
 
 
 def _compare_transformer(args: argparse.Namespace) -> None:
-    from prunekit.harness_transformers import (TransformerCompareConfig, run_transformer_compare,
-                                               write_transformer_results)
+    from prunekit.cli_results import compare_transformer
+    from prunekit.harness_transformers import TransformerCompareConfig
     from prunekit.report import format_transformer_table
 
     config = TransformerCompareConfig(
@@ -111,37 +124,20 @@ def _compare_transformer(args: argparse.Namespace) -> None:
               f"{run['accuracy']:.4f} (dense 1.0), nn agreement {run['nn_agreement']:.3f}, pruned in "
               f"{run['prune_seconds']:.2f} s{timed}", flush=True)
 
-    runs = run_transformer_compare(config, on_run=show)
-    path = write_transformer_results(args.out, config, runs)
+    runs, path = compare_transformer(config, args, show)  # --out checked first; each run written at once
     print(f"\n{config.model}: one-shot, no fine-tuning; {runs[0]['calibration_texts']} calibration texts, "
           f"{runs[0]['eval_texts']} held-out texts ({runs[0]['dataset']}); latency at sequence length "
           f"{config.sequence_length}, structured runs only{' (and unstructured)' if config.time_unstructured else ''}")
     print(format_transformer_table(runs))
     print(f"\nresults written to {path} ('accuracy' there is the mean cosine similarity; 'accuracy_dense' 1.0)")
-
-
-DEMO_METHODS = (
-    "unstructured:magnitude@0.9",
-    "unstructured:random@0.9",
-    "neuron:taylor@0.5",
-    "channel:l1@0.5",
-    "hybrid:l1@0.5+magnitude@0.8",
-)
+    _write_report(path)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from prunekit.harness import CompareConfig
+    from prunekit.cli_demo import demo_config, demo_intro  # the methods and settings, the first-run note
 
-    print("prunekit demo: LeNet-5 on the bundled MNIST-5k subset (3,500 train / 1,000 test).")
-    print("One dense baseline is trained (cached after the first run). Each method prunes a copy of it and")
-    print("fine-tunes it for 2 epochs: weights (90% zeroed), neurons (50% of fc1 removed), channels (50% of")
-    print("conv filters removed), and hybrid (50% channels removed, then 80% of the remaining weights zeroed).")
-    print("Params, MACs and latency are measured on the deployed model (masks baked, units removed).\n")
-    config = CompareConfig(
-        model="lenet5", dataset="mnist5k", methods=DEMO_METHODS, sparsities=(), scope="layer",
-        seeds=(0,), finetune_epochs=2, cache_dir=args.cache_dir, progress=not args.no_progress,
-    )
-    _run_and_report(config, args.out)
+    print(demo_intro(args.cache_dir), flush=True)
+    _run_and_report(demo_config(args.cache_dir, progress=not args.no_progress), args)
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -171,27 +167,9 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from prunekit.arch import ArchSpec
-    from prunekit.checkpoint import load_checkpoint
-    from prunekit.metrics import summary
+    from prunekit.cli_info import cmd_info  # checkpoints and cached baselines; readable errors for the rest
 
-    model, info = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
-    arch = ArchSpec.from_dict(info["arch"])
-    classes = f", {arch.num_classes} classes" if arch.num_classes is not None else ""
-    options = f", kwargs {arch.kwargs}" if arch.kwargs else ""
-    print(f"{args.checkpoint}: {arch.model} (input {tuple(arch.input_shape)}{classes}{options}), "
-          f"{'masked' if info['masked'] else 'plain weights'}")
-    removed: dict[str, int] = {}
-    for step in (info.get("structure") or {}).get("steps", []):
-        removed[step["granularity"]] = removed.get(step["granularity"], 0) + len(step["removed"])
-    if removed:
-        print("  structurally pruned: " + ", ".join(f"{count} {unit}s removed" for unit, count in removed.items()))
-    for key, value in info.get("meta", {}).items():
-        print(f"  {key}: {value}")
-    if arch.input_shape:
-        print(summary(model, arch.example_inputs()[:1]))
-    else:
-        print("  (no input_shape stored, so no per-layer summary)")
+    cmd_info(args)
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -247,32 +225,33 @@ def _add_compare_arguments(compare: argparse.ArgumentParser) -> None:
                               "latency=0.4 (share of the dense model's, measured on the deployed model)")
     compare.add_argument("--granularity", default="unstructured", choices=tuple(GRANULARITIES),
                          help="for method specs without a 'granularity:' prefix")
-    compare.add_argument("--seeds", type=_ints, default=(0,))
-    compare.add_argument("--finetune-epochs", type=int, default=None, help="zoo models (default 2)")
-    compare.add_argument("--finetune-lr", type=float, default=None)
-    compare.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default per model)")
-    compare.add_argument("--batch-size", type=int, default=64, help="batch size for latency (default 64)")
+    compare.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated seeds, one baseline each")
+    compare.add_argument("--finetune-epochs", type=count(0), default=None, help="zoo models (default: 2)")
+    compare.add_argument("--finetune-lr", type=positive_float, default=None,
+                         help="(default: the model's recipe rate restarted, prunekit.recovery.finetune_lr)")
+    compare.add_argument("--train-epochs", type=count(1), default=None, help="baseline epochs (default: per model)")
+    compare.add_argument("--batch-size", type=count(1), default=64, help="batch size for latency")
     compare.add_argument("--exclude", type=_names, default=(), help="comma-separated layer names to keep dense")
     compare.add_argument("--round-to", type=_round_to, default="auto",
-                         help="kept channels per layer a multiple of N; 'auto' (default) times this model's "
+                         help="kept channels per layer a multiple of N; 'auto' times this model's "
                               "kernels to pick N for channel pruning; 'none' leaves counts as selected")
     compare.add_argument("--schedule", default="oneshot", choices=SCHEDULE_NAMES,
                          help="when pruning happens: oneshot (before fine-tuning), iterative (3 rounds) or agp "
                               "(gradual, cubic) or gradient (|grad| summed while training; methods gradient/taylor) "
                               "inside the first quarter of the fine-tuning budget; lottery (retrains from the "
                               "initialisation with rewinding, beside a random-reinitialisation control)")
-    compare.add_argument("--tolerance", type=float, default=None,
+    compare.add_argument("--tolerance", type=non_negative_float, default=None,
                          help="with --schedule iterative: keep raising sparsity while the validation accuracy "
                               "drop stays within this many points; reports the sparsity reached")
     compare.add_argument("--distill", action="store_true",
                          help="fine-tune with distillation from the dense model (soft targets + labels)")
-    compare.add_argument("--out", default="runs/compare")
+    compare.add_argument("--out", default="runs/compare", help="folder for results.json")
     minilm = compare.add_argument_group("pretrained transformers (--model minilm): one-shot, no fine-tuning")
     minilm.add_argument("--pattern", default=None, help="N:M pattern for unstructured methods, e.g. 2:4")
     minilm.add_argument("--reconstruct", action="store_true",
                         help="neuron/head: refit the projection that reads removed units (least squares)")
-    minilm.add_argument("--calibration-size", type=int, default=None, help="calibration paragraphs (default 128)")
-    minilm.add_argument("--eval-size", type=int, default=None, help="held-out paragraphs (default 256)")
+    minilm.add_argument("--calibration-size", type=count(1), default=None, help="calibration paragraphs (default: 128)")
+    minilm.add_argument("--eval-size", type=count(1), default=None, help="held-out paragraphs (default: 256)")
     minilm.add_argument("--calibration-text", default=None, metavar="FILE",
                         help="your calibration text, one paragraph per non-empty line")
     minilm.add_argument("--eval-text", default=None, metavar="FILE",
@@ -310,26 +289,31 @@ def _check_compare_args(compare: argparse.ArgumentParser, args: argparse.Namespa
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for the ``prunekit`` command."""
-    parser = argparse.ArgumentParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
+    from prunekit.cli_results import add_merge_command, add_results_options  # --resume / --force / --shard, merge
+    parser = CommandParser(prog="prunekit", description="Prune trained PyTorch models and measure the result.")
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     compare = commands.add_parser("compare", help="compare pruning methods on one model and dataset")
     _add_compare_arguments(compare)
+    add_results_options(compare)
     compare.set_defaults(handler=_cmd_compare, check=lambda args: _check_compare_args(compare, args))
 
-    demo = commands.add_parser("demo", help="a 3-minute comparison on bundled data")
-    demo.add_argument("--out", default="runs/demo")
+    demo = commands.add_parser("demo", help="a 2-minute comparison of the pruning families on bundled data")
+    demo.add_argument("--out", default="runs/demo", help="folder for results.json")
+    add_results_options(demo, shards=False)
     demo.set_defaults(handler=_cmd_demo)
 
     sensitivity = commands.add_parser("sensitivity", help="accuracy when each layer alone is pruned (no fine-tuning)")
     sensitivity.add_argument("--model", required=True, help="zoo model name, see 'prunekit list'")
     sensitivity.add_argument("--dataset", required=True, help="bundled dataset name, see 'prunekit list'")
-    sensitivity.add_argument("--granularity", default="unstructured", choices=("unstructured", "channel", "neuron"))
+    sensitivity.add_argument("--granularity", default="unstructured", choices=("unstructured", "channel", "neuron"),
+                             help="what one layer loses")
     sensitivity.add_argument("--method", default=None, help="default: the granularity's usual criterion")
     sensitivity.add_argument("--sparsities", type=_floats, default=(0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
                              help="comma-separated sparsities in [0, 1) for each layer (0 is always added)")
-    sensitivity.add_argument("--seed", type=int, default=0, help="which cached baseline (default 0)")
-    sensitivity.add_argument("--train-epochs", type=int, default=None, help="baseline epochs (default per model)")
+    sensitivity.add_argument("--seed", type=count(0), default=0, help="which cached baseline")
+    sensitivity.add_argument("--train-epochs", type=count(1), default=None, help="baseline epochs (default: per model)")
     sensitivity.add_argument("--out", default="runs/sensitivity", help="folder for sensitivity.json and .png")
     sensitivity.set_defaults(handler=_cmd_sensitivity)
 
@@ -340,16 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("methods", help="list pruning methods").set_defaults(handler=_cmd_methods)
     commands.add_parser("list", help="list bundled models and datasets").set_defaults(handler=_cmd_list)
     info = commands.add_parser("info", help="summarise a saved checkpoint")
-    info.add_argument("checkpoint")
+    info.add_argument("checkpoint", help="a file saved by prunekit.save_checkpoint, or a cached baseline")
     info.add_argument("--trust-factory", action="store_true",
                       help="allow a checkpoint whose model is built by a factory function (not an nn.Module class)")
     info.set_defaults(handler=_cmd_info)
+    __import__("prunekit.cli_deploy").cli_deploy.add_deploy_commands(commands)  # export, compress
+    add_merge_command(commands)
+    __import__("prunekit.cli_prune").cli_prune.add_prune_command(commands)  # prune: recipes, your own model
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``prunekit`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", True) is False and not sys.stderr.isatty():
+        args.no_progress = True  # output captured to a file or pipe: no progress-bar noise in the log
     if getattr(args, "check", None) is not None:
         args.check(args)
     try:

@@ -18,24 +18,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.allocation import ALLOCATIONS, allocate, as_budget
+from prunekit.allocation import allocate, as_budget
 from prunekit.budget import Budget
 from prunekit.data import load_dataset, make_loader
-from prunekit.errors import PrunekitError, unknown_name
+from prunekit.errors import PrunekitError
 from prunekit.granularity import get_granularity
 from prunekit.io import atomic_write_text
-from prunekit.metrics import count_macs, count_params, paired_latency
+from prunekit.metrics import count_macs, count_params
+from prunekit.paired_timing import paired_timing
 from prunekit.hybrid import prune_hybrid
-from prunekit.methods import MethodSpec, parse_method_spec
+from prunekit.methods import MethodSpec
 from prunekit.callbacks import PrunerCallback
 from prunekit.harness_movement import MOVEMENT_METHODS, movement_pruner
-from prunekit.harness_schedules import at_init_run, check_schedule, lottery_runs, search_run
+from prunekit.harness_plan import plan as plan_compare
+from prunekit.harness_schedules import at_init_run, lottery_runs, search_run
 from prunekit.layers.init_bounds import AT_INITIALISATION
 from prunekit.recovery import Distillation, PruningWatch, finetune_lr, schedule_for
 from prunekit.pruner import Pruner, finalize
 from prunekit.regularizers import PENALTY_METHODS
 from prunekit.schedules import OneShot
 from prunekit.sensitivity import DEFAULT_SPARSITIES, layer_sensitivity
+from prunekit.sweep import Job, stamp
 from prunekit.types import PruneResult
 from prunekit.widths import WidthChoice, preferred_channel_multiple
 from prunekit.training import default_train_config, evaluate, get_baseline, train
@@ -97,24 +100,6 @@ def _size(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 #: The allocation a budget uses when the config names none: the one that matches its scope.
 _SCOPE_ALLOCATIONS = {"layer": "uniform", "global": "global", "lamp": "lamp"}
-
-
-def _check_allocation(config: CompareConfig, specs: list[MethodSpec]) -> None:
-    """Refuse, before any training, an allocation or budget the methods cannot run."""
-    if config.allocation is None and config.budget is None:
-        return
-    if config.allocation is not None and config.allocation not in ALLOCATIONS:
-        raise unknown_name("allocation", config.allocation, ALLOCATIONS)
-    if config.budget is not None:
-        as_budget(config.budget)
-        if config.sparsities:
-            raise PrunekitError(f"a budget ({config.budget}) replaces the sparsity list; give one of them")
-    for spec in specs:
-        if spec.granularity == "hybrid":
-            raise PrunekitError(f"'{spec.label}' is a two-stage recipe; run hybrid methods without an allocation "
-                                "or budget")
-        if config.budget is not None and spec.sparsity is not None:
-            raise PrunekitError(f"'{spec.label}' fixes its sparsity; with a budget leave out the '@sparsity'")
 
 
 def _goal(model: nn.Module, spec: MethodSpec, sparsity: float | None, config: CompareConfig, seed: int,
@@ -274,7 +259,8 @@ def _record(config: CompareConfig, spec: MethodSpec, where: tuple, baseline: _Ba
     sparsity, seed = where
     example, latency_batch = tensors
     finalize(model)  # as it would ship: the masks a hybrid run leaves are baked in too
-    latency_dense, latency = paired_latency(baseline.model, model, latency_batch)
+    timing = paired_timing(baseline.model, model, latency_batch)  # marked noisy when the rounds disagree
+    latency_dense, latency = timing.dense_ms, timing.pruned_ms
     return {
         "model": config.model,
         "dataset": config.dataset,
@@ -297,8 +283,7 @@ def _record(config: CompareConfig, spec: MethodSpec, where: tuple, baseline: _Ba
         "macs_dense": baseline.macs,
         "accuracy": evaluate(model, test_loader),
         "accuracy_dense": baseline.accuracy,
-        "latency_ms": latency,
-        "latency_dense_ms": latency_dense,
+        **timing.fields(),  # latency_ms, latency_dense_ms, latency_spread / _noisy / _rounds, load_avg_1m
         "latency_per_mac": _latency_per_mac(latency_dense, latency, baseline.macs, model, example),
         "batch_size": config.batch_size,
         "schedule": config.schedule,
@@ -316,57 +301,42 @@ def _latency_per_mac(latency_dense: float, latency: float, macs_dense: int, mode
     return (latency_dense / latency) / (macs_dense / macs_nonzero) if macs_nonzero else float("nan")
 
 
-def _runs_for(spec: MethodSpec, config: CompareConfig) -> tuple[float | None, ...]:
-    if config.budget is not None:  # one run per method: the budget decides how much goes
-        return (None,)
-    if spec.granularity == "hybrid":
-        return (spec.weight_sparsity,) if spec.weight_sparsity is not None else config.sparsities
-    return (spec.sparsity,) if spec.sparsity is not None else config.sparsities
-
-
-def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = None) -> list[dict]:
+def run_compare(config: CompareConfig, on_run: Callable[[dict], None] | None = None,
+                skip: Callable[[Job], bool] | None = None) -> list[dict]:
     """Run the comparison and return one result dict per (seed, method, sparsity).
 
-    Every method spec is parsed and validated before any training starts.
+    Every method spec is parsed and validated before any training starts. `on_run` hears each
+    run as it finishes; jobs (prunekit.sweep) for which `skip(job)` is True are left out, and
+    a seed none of whose jobs run trains no baseline. Each run names its job in ``run["job"]``.
 
     >>> config = CompareConfig("lenet300", "digits", ("magnitude",), (0.5,), finetune_epochs=0, progress=False)
     >>> runs = run_compare(config)  # doctest: +SKIP
     """
-    for sparsity in config.sparsities:
-        if not 0.0 <= sparsity < 1.0:
-            raise PrunekitError(f"every sparsity must lie in [0, 1); got {sparsity}")
-    specs = [parse_method_spec(text, config.granularity) for text in config.methods]
-    check_schedule(config, specs)
-    _check_allocation(config, specs)
-    for spec in specs:
-        if not _runs_for(spec, config):
-            raise PrunekitError(f"method '{spec.label}' has no sparsity to run: give sparsities (--sparsity), a "
-                                f"budget (--budget) or write it as '{spec.label}@0.9'")
-    round_to = config.round_to
-    if not (round_to in ("auto", None) or (isinstance(round_to, int) and not isinstance(round_to, bool)
-                                           and round_to >= 1)):
-        raise PrunekitError(f"round_to must be 'auto', None or an int >= 1 (e.g. 8); got {round_to!r}")
+    plan = [(job, spec) for job, spec in plan_compare(config) if skip is None or not skip(job)]
+    if not plan:
+        return []
     splits = load_dataset(config.dataset)
     train_config = default_train_config(config.model, config.dataset)
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
     val_loader = make_loader(splits.val, batch_size=256, shuffle=False)
-    example = splits.test.tensors[0][:2]
-    latency_batch = splits.test.tensors[0][: config.batch_size]
+    tensors = (splits.test.tensors[0][:2], splits.test.tensors[0][: config.batch_size])  # example, latency batch
     runs, width_cache = [], {}  # round_to="auto": one measurement per granularity and target
     for seed in config.seeds:
+        todo = [(job, spec) for job, spec in plan if job.seed == seed]
+        if not todo:
+            continue
         model, meta = get_baseline(config.model, config.dataset, seed, epochs=config.train_epochs,
                                    cache_dir=config.cache_dir, progress=config.progress)
-        dense = _size(model, example)
+        dense = _size(model, tensors[0])
         baseline = _Baseline(model, evaluate(model, test_loader), dense["params"], dense["macs"], meta)
         train_loader = make_loader(splits.train, batch_size=train_config.batch_size, shuffle=True, seed=seed)
-        for spec in specs:
-            for sparsity in _runs_for(spec, config):
-                loaders = (train_loader, val_loader, test_loader)
-                for run in _runs(config, spec, sparsity, seed, baseline, loaders, (example, latency_batch),
-                                 width_cache):
-                    runs.append(run)
-                    if on_run is not None:
-                        on_run(run)
+        for job, spec in todo:
+            job_runs = _runs(config, spec, job.sparsity, seed, baseline, (train_loader, val_loader, test_loader),
+                             tensors, width_cache)
+            for part, run in enumerate(job_runs, 1):
+                runs.append(stamp(run, job, part, len(job_runs)))
+                if on_run is not None:
+                    on_run(run)
     return runs
 
 

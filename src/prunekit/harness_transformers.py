@@ -16,6 +16,7 @@ as before, so those runs are not timed unless ``time_unstructured=True``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import json
 import time
@@ -33,11 +34,13 @@ from prunekit.errors import PrunekitError, unknown_name
 from prunekit.io import atomic_write_text
 from prunekit.masking import bake
 from prunekit.methods import MethodSpec
-from prunekit.metrics import count_params, paired_latency
+from prunekit.metrics import count_params
+from prunekit.paired_timing import paired_timing
 from prunekit.one_shot import ONE_SHOT_METHODS
 from prunekit.pruner import prune
 from prunekit.select_rows import pattern_sparsity
 from prunekit.sparsegpt import check_calibration_tokens
+from prunekit.sweep import Job, plan_jobs, stamp
 from prunekit.targets import resolve_targets
 from prunekit.transformer_methods import parse_transformer_spec
 
@@ -81,7 +84,7 @@ class TransformerCompareConfig:
     eval_texts: tuple[str, ...] | None = None
     latency_batch_sizes: tuple[int, ...] = (1, 32)
     sequence_length: int = 128
-    latency_rounds: int = 3
+    latency_rounds: int = 5
     latency_repeats: int = 5
     time_unstructured: bool = False
     progress: bool = True
@@ -223,15 +226,20 @@ def _prune_copy(dense: nn.Module, spec: MethodSpec, sparsity: float, config: Tra
 
 def _latency(dense: nn.Module, model: nn.Module, timed: bool, inputs: dict[int, dict],
              config: TransformerCompareConfig) -> dict:
-    """``latency_ms`` / ``latency_dense_ms`` at the largest batch, ``latency_b{n}_ms`` at the others."""
+    """``latency_ms`` / ``latency_dense_ms`` at the largest batch, ``latency_b{n}_ms`` at the others,
+    each with its ``_spread`` / ``_noisy`` / ``_rounds`` (prunekit.paired_timing)."""
     largest = max(inputs)
     fields: dict = {"latency_batch_size": largest, "latency_sequence_length": config.sequence_length,
-                    "latency_note": None if timed else UNTIMED_NOTE}
+                    "latency_note": None if timed else UNTIMED_NOTE, "load_avg_1m": None}
     for size, batch in sorted(inputs.items()):
-        dense_ms, pruned_ms = (paired_latency(dense, model, batch, config.latency_rounds, config.latency_repeats)
-                               if timed else (None, None))
         suffix = "" if size == largest else f"_b{size}"
-        fields[f"latency{suffix}_ms"], fields[f"latency_dense{suffix}_ms"] = pruned_ms, dense_ms
+        if not timed:
+            fields.update({f"latency{suffix}_{key}": None for key in ("ms", "spread", "noisy", "rounds")})
+            fields[f"latency_dense{suffix}_ms"] = None
+            continue
+        # up to twice the rounds when the per-round ratios disagree; then marked noisy
+        fields.update(paired_timing(dense, model, batch, config.latency_rounds, config.latency_repeats,
+                                    max_rounds=2 * config.latency_rounds).fields(suffix))
     return fields
 
 
@@ -261,10 +269,10 @@ def _calibration(config: TransformerCompareConfig, specs: list[MethodSpec], seed
     batches = hf.token_batches(tokenizer, calibration, max_length=config.sequence_length)
     refits_ffn = config.reconstruct and any(spec.granularity == "neuron" for spec in specs)
     if refits_ffn or any(spec.method in ONE_SHOT_METHODS for spec in specs):
-        widest = max(dense.get_parameter(name).shape[1] for name in resolve_targets(dense))
+        widest = max(resolve_targets(dense), key=lambda name: dense.get_parameter(name).shape[1])
         try:
-            check_calibration_tokens(_tokens(batches), widest, method="least-squares reconstruction" if refits_ffn
-                                     else "SparseGPT")
+            check_calibration_tokens(_tokens(batches), dense.get_parameter(widest).shape[1], widest,
+                                     "least-squares reconstruction" if refits_ffn else "SparseGPT")
         except PrunekitError as error:
             raise PrunekitError(f"{error} (seed {seed}: {len(calibration)} calibration texts; raise "
                                 "calibration_size / --calibration-size)") from None
@@ -275,8 +283,9 @@ def _tokens(batches: list[dict]) -> int:
     return int(sum(int(batch["attention_mask"].sum()) for batch in batches))
 
 
-def _seed_runs(config: TransformerCompareConfig, specs: list[MethodSpec], seed: int, data: tuple,
+def _seed_runs(config: TransformerCompareConfig, todo: list[tuple[Job, MethodSpec]], data: tuple,
                dense: nn.Module, tokenizer, on_run: Callable[[dict], None] | None) -> list[dict]:
+    """The runs of `todo`, jobs of one seed whose calibration and held-out text are `data`."""
     calibration, held_out, source, batches = data
     reference = hf.embed(dense, tokenizer, held_out, normalize=True)
     inputs = _latency_inputs(tokenizer, held_out, config)
@@ -284,40 +293,82 @@ def _seed_runs(config: TransformerCompareConfig, specs: list[MethodSpec], seed: 
               "calibration_tokens": _tokens(batches),
               "eval_texts": len(held_out)}
     runs = []
-    for spec in specs:
-        for sparsity in _sparsities(spec, config):
-            model, result, seconds = _prune_copy(dense, spec, sparsity, config, seed, batches)
-            cosine, agreement = hf.embedding_agreement(reference, hf.embed(model, tokenizer, held_out,
-                                                                           normalize=True))
-            timed = spec.granularity != "unstructured" or config.time_unstructured
-            measured = {**shared, "cosine": cosine, "nn_agreement": agreement,
-                        "latency": _latency(dense, model, timed, inputs, config)}
-            runs.append(_record(config, spec, sparsity, seed, measured, model, result, seconds))
-            if on_run is not None:
-                on_run(runs[-1])
+    for job, spec in todo:
+        model, result, seconds = _prune_copy(dense, spec, job.sparsity, config, job.seed, batches)
+        cosine, agreement = hf.embedding_agreement(reference, hf.embed(model, tokenizer, held_out, normalize=True))
+        timed = spec.granularity != "unstructured" or config.time_unstructured
+        measured = {**shared, "cosine": cosine, "nn_agreement": agreement,
+                    "latency": _latency(dense, model, timed, inputs, config)}
+        runs.append(stamp(_record(config, spec, job.sparsity, job.seed, measured, model, result, seconds), job))
+        if on_run is not None:
+            on_run(runs[-1])
     return runs
 
 
-def run_transformer_compare(config: TransformerCompareConfig,
-                            on_run: Callable[[dict], None] | None = None) -> list[dict]:
+def _plan(config: TransformerCompareConfig) -> list[tuple[Job, MethodSpec]]:
+    return plan_jobs(config.seeds, _check_config(config), lambda spec: _sparsities(spec, config),
+                     lambda spec: f"{spec.granularity}:{spec.method}")
+
+
+def planned_transformer_jobs(config: TransformerCompareConfig) -> list[Job]:
+    """The jobs (prunekit.sweep) `run_transformer_compare` runs, in order; validated (user texts
+    that overlap too), nothing loads.
+
+    >>> config = TransformerCompareConfig(methods=("wanda", "neuron:l1"), sparsities=(0.5,))
+    >>> [job.id for job in planned_transformer_jobs(config)]
+    ['seed 0 unstructured:wanda @0.5', 'seed 0 neuron:l1 @0.5']
+    """
+    jobs = [job for job, _ in _plan(config)]
+    if config.calibration_texts is not None or config.eval_texts is not None:
+        for seed in config.seeds:
+            _texts(config, seed)
+    return jobs
+
+
+def run_transformer_compare(config: TransformerCompareConfig, on_run: Callable[[dict], None] | None = None,
+                            skip: Callable[[Job], bool] | None = None) -> list[dict]:
     """Prune copies of the pretrained model with every method x sparsity x seed; one dict per run
-    (`on_run` hears each as it finishes). Everything is validated before the model loads.
+    (`on_run` hears each as it finishes). Everything is validated before the model loads. Jobs
+    (prunekit.sweep) for which `skip(job)` is True are left out; each run names its job in
+    ``run["job"]``.
 
     >>> config = TransformerCompareConfig(methods=("wanda",), sparsities=(0.5,), calibration_size=16, eval_size=8)
     >>> runs = run_transformer_compare(config)  # doctest: +SKIP
     >>> runs[0]["accuracy_metric"]  # doctest: +SKIP
     'mean cosine similarity of sentence embeddings to the dense model (held-out paragraphs)'
     """
-    specs = _check_config(config)
+    planned = _plan(config)
     for seed in config.seeds:  # overlapping or empty texts are refused before anything loads
         _texts(config, seed)
+    todo = [(job, spec) for job, spec in planned if skip is None or not skip(job)]
+    seeds = [seed for seed in config.seeds if any(job.seed == seed for job, _ in todo)]
+    if not seeds:
+        return []
     with _progress_bars(config.progress):
         dense, tokenizer = _LOADERS[config.model]()
-    prepared = {seed: _calibration(config, specs, seed, dense, tokenizer) for seed in config.seeds}
+    specs = [spec for _, spec in planned]
+    prepared = {seed: _calibration(config, specs, seed, dense, tokenizer) for seed in seeds}
     runs = []
-    for seed in config.seeds:
-        runs += _seed_runs(config, specs, seed, prepared[seed], dense, tokenizer, on_run)
+    for seed in seeds:
+        runs += _seed_runs(config, [(job, spec) for job, spec in todo if job.seed == seed], prepared[seed], dense,
+                           tokenizer, on_run)
     return runs
+
+
+def transformer_settings(config: TransformerCompareConfig) -> dict:
+    """The config as results.json stores it: user texts as their count and their SHA-256 (so a
+    sweep resumed with other texts of the same length is refused).
+
+    >>> transformer_settings(TransformerCompareConfig(eval_texts=("a",)))["eval_texts"]
+    1
+    """
+    settings = asdict(config)
+    for key in ("calibration_texts", "eval_texts"):
+        texts = settings[key]
+        settings[key] = None if texts is None else len(texts)
+        settings[f"{key}_sha256"] = (None if texts is None else
+                                     hashlib.sha256(json.dumps(list(texts)).encode("utf-8")).hexdigest())
+    return settings
 
 
 def write_transformer_results(out_dir: str | Path, config: TransformerCompareConfig, runs: list[dict]) -> Path:
@@ -329,9 +380,6 @@ def write_transformer_results(out_dir: str | Path, config: TransformerCompareCon
     >>> json.loads(path.read_text())["config"]["eval_texts"]
     1
     """
-    settings = asdict(config)
-    for key in ("calibration_texts", "eval_texts"):
-        settings[key] = None if settings[key] is None else len(settings[key])
-    payload = {"config": settings, "accuracy_metric": ACCURACY_METRIC,
+    payload = {"config": transformer_settings(config), "accuracy_metric": ACCURACY_METRIC,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "runs": runs}
     return atomic_write_text(Path(out_dir) / "results.json", json.dumps(payload, indent=2))

@@ -2,19 +2,50 @@
 
 Each writer goes to a temporary file in the destination's directory (so the final rename stays on
 one filesystem) and then ``os.replace``-s it over the destination. If anything fails on the way
-the temporary file is removed and an existing destination is left untouched.
+the temporary file is removed and an existing destination is left untouched. The result has the
+permissions a plain ``open(path, "w")`` would give: an existing file's own, else 0o666 less the
+umask (a temporary file alone would stay 0o600, unreadable by the user's group).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc where Linux offers it (so it is never changed, not even
+    for the instant in which another thread could create a file); elsewhere set and restored.
+
+    >>> 0 <= current_umask() <= 0o777
+    True
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path, folder: bool = False) -> int:
+    """The permission bits a new version of `path` gets: the existing one's, else what ``open`` /
+    ``mkdir`` give under the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return (0o777 if folder else 0o666) & ~current_umask()
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -24,6 +55,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), _mode_for(path))
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -88,6 +120,7 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
         raise FileExistsError(f"'{path}' exists and is not a folder; choose another destination")
     temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        temp.chmod(_mode_for(path, folder=True))
         write(temp)
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prunekit.criteria import criteria_for
-from prunekit.errors import PrunekitError, unknown_name
+from prunekit.errors import PrunekitError, UnknownNameError, unknown_name
 from prunekit.granularity import GRANULARITIES, get_granularity
 from prunekit.hybrid import HYBRID_GRANULARITIES
 from prunekit.harness_movement import MOVEMENT_METHODS, check_movement_spec
@@ -78,7 +78,7 @@ def parse_method_spec(text: str, default_granularity: str = "unstructured") -> M
         if method == "predictor":
             raise PrunekitError(f"'{text}': method 'predictor' needs a fitted MaskPredictor, which compare does not "
                                 "take; use the Python API (prunekit.predictor; see benchmarks/predictor_mnist.py)")
-        get_granularity(granularity).criterion(method)
+        _check_criterion(text, granularity, method)
         return MethodSpec(granularity, method, sparsity)
     unit_part, plus, weight_part = rest.partition("+")
     if not plus:
@@ -95,3 +95,17 @@ def parse_method_spec(text: str, default_granularity: str = "unstructured") -> M
 
 def _methods_of(granularity: str) -> set[str]:
     return set(criteria_for(get_granularity(granularity).provides))
+
+
+def _check_criterion(text: str, granularity: str, method: str) -> None:
+    """Refuse a method `granularity` does not offer; when other granularities offer it (``l1``
+    without a prefix means unstructured, which has no L1 norm of a unit), say how to write them."""
+    try:
+        get_granularity(granularity).criterion(method)
+    except UnknownNameError as error:
+        elsewhere = [name for name in GRANULARITIES if name != granularity and method in _methods_of(name)]
+        if not elsewhere:
+            raise
+        written = " or ".join(f"'{name}:{method}'" for name in elsewhere)
+        raise UnknownNameError(f"{error}. '{method}' is a {' / '.join(elsewhere)} method, not for {granularity} units: "
+                               f"write {written} (or --granularity {elsewhere[0]} for specs without a prefix)") from None

@@ -43,8 +43,44 @@ def aggregate(runs: Iterable[dict]) -> list[dict]:
             "latency_ms": mean("latency_ms"), "latency_dense_ms": mean("latency_dense_ms"),
             "speedup": statistics.geometric_mean(m["latency_dense_ms"] / m["latency_ms"] for m in members),
             "latency_per_mac": _latency_per_mac(members),
+            **_noise(members, ""),
         })
     return rows
+
+
+#: the marker before a speedup whose timing rounds disagreed, and what it means under the table
+NOISY_MARK = "~"
+
+
+def _noise(members: list[dict], suffix: str) -> dict:
+    """Whether any run's timing was noisy (prunekit.paired_timing), the largest spread of its
+    rounds' ratios and the highest load average seen; runs timed before these were recorded count
+    as not noisy."""
+    spreads = [m[f"latency{suffix}_spread"] for m in members if m.get(f"latency{suffix}_spread") is not None]
+    loads = [m["load_avg_1m"] for m in members if m.get("load_avg_1m") is not None]
+    return {f"latency{suffix}_noisy": any(m.get(f"latency{suffix}_noisy") for m in members),
+            f"latency{suffix}_spread": max(spreads, default=None), "load_avg_1m": max(loads, default=None)}
+
+
+def noisy_note(rows: Iterable[dict], keys: tuple[str, ...] = ("latency_noisy",)) -> list[str]:
+    """The line under a table that explains the noisy marker; empty when no row is marked.
+
+    >>> noisy_note([{"latency_noisy": True, "latency_spread": 0.4, "load_avg_1m": 3.1}])[0][:40]
+    '~ speedup: its timing rounds disagreed b'
+    """
+    marked = [row for row in rows if any(row.get(key) for key in keys)]
+    if not marked:
+        return []
+    spread = max(max((row.get(key.replace("noisy", "spread")) or 0.0) for key in keys) for row in marked)
+    loads = [row["load_avg_1m"] for row in marked if row.get("load_avg_1m") is not None]
+    load = f", 1-minute load average up to {max(loads):.1f}" if loads else ""
+    return [f"{NOISY_MARK} speedup: its timing rounds disagreed by up to {spread:.0%} of the dense / pruned ratio "
+            f"even after extra rounds (the machine was busy{load}); treat it as rough and rerun on a quiet machine"]
+
+
+def _speedup_cell(speedup: float, noisy: bool, width: int) -> str:
+    """``2.29x``, or ``~2.29x`` when its timing was noisy, right-aligned in `width` characters."""
+    return f"{(NOISY_MARK if noisy else '') + format(speedup, '.2f'):>{width - 1}}x"
 
 
 def _latency_per_mac(members: list[dict]) -> float:
@@ -62,7 +98,9 @@ def format_table(runs: Iterable[dict]) -> str:
     dense / pruned latency ratio (paired measurement in the same run; geometric mean over seeds),
     ``lat/MAC`` speedup / MAC reduction (1.00: latency falls as MACs do; lower: the kernels do not
     turn the removed MACs into time). The model column is as wide as the longest model name,
-    since one table may mix several models.
+    since one table may mix several models. A speedup marked ``~`` was timed on a busy machine
+    (its rounds' ratios still disagreed after extra rounds, prunekit.paired_timing); a line under
+    the table says so.
 
     >>> run = {"model": "lenet300", "method": "magnitude", "granularity": "unstructured", "scope": "global",
     ...     "sparsity_target": 0.9, "seed": 0, "accuracy": 0.95, "accuracy_dense": 0.96,
@@ -86,9 +124,10 @@ def format_table(runs: Iterable[dict]) -> str:
             f"{100 * row['accuracy_dense']:>8.2f}{row['drop_pt']:>8.2f}"
             f"{row['params']:>10,.0f}{row['params_nonzero']:>10,.0f}{row['macs_nonzero']:>11,.0f}"
             f"{mac_ratio:>6.2f}x"
-            f"{row['latency_ms']:>8.3f}{row['speedup']:>7.2f}x{row['latency_per_mac']:>8.2f}"
+            f"{row['latency_ms']:>8.3f}{_speedup_cell(row['speedup'], row['latency_noisy'], 8)}"
+            f"{row['latency_per_mac']:>8.2f}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + noisy_note(rows))
 
 
 def _mean_or_none(members: list[dict], key: str) -> float | None:
@@ -102,14 +141,15 @@ def _latency_cells(members: list[dict], suffix: str) -> str:
     if pruned is None or dense is None:
         return f"{'-':>17}{'-':>8}"
     speedup = statistics.geometric_mean(m[f"latency_dense{suffix}_ms"] / m[f"latency{suffix}_ms"] for m in members)
-    return f"{pruned:>8.1f} /{dense:>7.1f}{speedup:>7.2f}x"
+    return f"{pruned:>8.1f} /{dense:>7.1f}{_speedup_cell(speedup, _noise(members, suffix)[f'latency{suffix}_noisy'], 8)}"
 
 
 def format_transformer_table(runs: Iterable[dict]) -> str:
     """A table of pretrained-transformer runs (prunekit.harness_transformers), mean over seeds; its
     first line says what ``accuracy`` means there: the mean cosine similarity of sentence
     embeddings to the dense model's (dense = 1.0). Latency: pruned / dense ms at batch 1 and at the
-    largest batch; ``-`` where a run was not timed (unstructured zeros do not speed up dense kernels).
+    largest batch; ``-`` where a run was not timed (unstructured zeros do not speed up dense kernels);
+    ``~`` before a speedup timed on a busy machine, as in `format_table`.
 
     >>> run = {"method": "wanda", "granularity": "unstructured", "scope": "row", "pattern": None,
     ...     "sparsity_target": 0.5, "sparsity_achieved": 0.5, "accuracy": 0.86, "nn_agreement": 0.75,
@@ -129,16 +169,18 @@ def format_transformer_table(runs: Iterable[dict]) -> str:
     lines = ["accuracy = cosine: mean cosine similarity of held-out sentence embeddings to the dense model's "
              "(dense = 1.0); nn agr: share of held-out paragraphs whose nearest neighbour is unchanged",
              header, "-" * len(header)]
+    noise = []
     for (method, granularity, scope, sparsity), members in groups.items():
         def mean(key: str) -> float:
             return statistics.fmean(member[key] for member in members)
 
+        noise.append({**_noise(members, "_b1"), **_noise(members, "")})
         cosine_sd = statistics.pstdev(member["accuracy"] for member in members)
         lines.append(f"{method:<20}{granularity:<13}{scope:<7}{sparsity:>7.0%}{mean('sparsity_achieved'):>9.2%}"
                      f"{mean('accuracy'):>8.4f}{cosine_sd:>7.4f}{mean('nn_agreement'):>7.3f}{mean('params'):>12,.0f}"
                      f"{mean('params_nonzero'):>12,.0f}{mean('prune_seconds'):>8.2f}"
                      f"{_latency_cells(members, '_b1')}{_latency_cells(members, '')}")
-    return "\n".join(lines)
+    return "\n".join(lines + noisy_note(noise, ("latency_b1_noisy", "latency_noisy")))
 
 
 def benchmark_markdown(title: str, intro: list[str], tables: list[str], checks: list[tuple[str, bool, str]]) -> str:
