@@ -187,3 +187,17 @@ def test_too_few_calibration_tokens_for_the_readers_width_are_refused():
                                             r"as a layer has inputs \(64 for 'encoder.layer.0.output.dense.weight'\)"):
         prune(model, "wanda", 0.5, granularity="neuron", data=batches(count=1, size=2), reconstruct=True)
     assert model.encoder.layer[0].intermediate.dense.out_features == 64
+
+
+def test_a_failing_removal_puts_the_refitted_weights_back(monkeypatch):
+    import prunekit.reconstruct as reconstruct
+
+    def fail(*args, **kwargs):
+        raise PrunekitError("removal failed")
+
+    model = bert()
+    before = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(reconstruct, "remove_units", fail)
+    with pytest.raises(PrunekitError, match="removal failed"):
+        prune(model, "wanda", 0.5, granularity="neuron", data=batches(), reconstruct=True)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())

@@ -213,14 +213,21 @@ def reconstruct_prune(model: nn.Module, method: str | None, sparsity: float, dat
         return refitted, columns.expand_as(weight).clone()
 
     solved = calibrate_sequentially(model, data, list(by_consumer), solve, num_batches=num_batches)
-    with torch.no_grad():
-        for name, (weight, _) in solved.items():
-            original_parameter(model, name).copy_(weight)
+    stored = {name: original_parameter(model, name).detach().clone() for name in solved}
     record = None
-    if remove:
-        record = remove_units(model, unit_granularity, groups, keep, example_inputs)
-    else:
-        apply_masks(model, unit_granularity.to_masks(model, groups, keep), None)
+    try:
+        with torch.no_grad():
+            for name, (weight, _) in solved.items():
+                original_parameter(model, name).copy_(weight)
+        if remove:  # rehearsed before anything is cut (remove_units); masks are validated first
+            record = remove_units(model, unit_granularity, groups, keep, example_inputs)
+        else:
+            apply_masks(model, unit_granularity.to_masks(model, groups, keep), None)
+    except BaseException:
+        with torch.no_grad():  # the refitted weights go back: a failed call leaves the model as it was
+            for name, weight in stored.items():
+                original_parameter(model, name).copy_(weight)
+        raise
     options = PruneOptions(exclude=exclude, seed=seed, round_to=round_to, num_batches=num_batches, remove=remove)
     request = PruneRequest(method, granularity, "layer", float(sparsity), None, options)
     present = keep if record is not None else unit_granularity.present(model, groups)
