@@ -29,6 +29,7 @@ import io
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -160,16 +161,22 @@ def render(results: dict) -> str:
     ]
     best = next(run for run in runs if run["granularity"] == "neuron" and run["method"] == "wanda" and run["reconstruct"])
     bound = results["compute"]
-    b1 = best["latency_dense_b1_ms"] / best["latency_b1_ms"]
-    b32 = best["latency_dense_ms"] / best["latency_ms"]
+    # every timed neuron run has the same pruned architecture (768 FFN neurons per block): together
+    # they show how far one measurement moves on this machine; the targets are judged on their median
+    same = [run for run in runs if run["granularity"] == "neuron" and run.get("latency_ms") is not None]
+    spread = {key: sorted(run[f"latency_dense{key}_ms"] / run[f"latency{key}_ms"] for run in same) for key in ("", "_b1")}
+    b1, b32 = statistics.median(spread["_b1"]), statistics.median(spread[""])
+
+    def measured(key: str, value: float) -> str:
+        return (f"median of the {len(same)} runs with this architecture **{value:.2f}x** (range "
+                f"{spread[key][0]:.2f}-{spread[key][-1]:.2f}x; the wanda row alone "
+                f"{best[f'latency_dense{key}_ms'] / best[f'latency{key}_ms']:.2f}x)")
     lines += [
         "## Against the issue's targets (50% of FFN neurons, reconstruction)",
         "",
         f"* cosine >= 0.92: **{best['accuracy']:.4f}** ({'reached' if best['accuracy'] >= 0.92 else 'NOT reached'}).",
-        f"* latency >= 1.5x faster at batch 32: **{b32:.2f}x** ({best['latency_dense_ms']:.0f} -> "
-        f"{best['latency_ms']:.0f} ms; {'reached' if b32 >= 1.5 else 'NOT reached'}).",
-        f"* latency >= 1.3x faster at batch 1: **{b1:.2f}x** ({best['latency_dense_b1_ms']:.1f} -> "
-        f"{best['latency_b1_ms']:.1f} ms; {'reached' if b1 >= 1.3 else 'NOT reached'}).",
+        f"* latency >= 1.5x faster at batch 32: {measured('', b32)}; {'reached' if b32 >= 1.5 else 'NOT reached'}.",
+        f"* latency >= 1.3x faster at batch 1: {measured('_b1', b1)}; {'reached' if b1 >= 1.3 else 'NOT reached'}.",
         "",
         f"Compute bound: per 128-token sequence the dense model's Linear layers do {bound['linear_dense'] / 1e6:,.0f}M "
         f"multiply-accumulates and the pruned model's {bound['linear_pruned'] / 1e6:,.0f}M "
@@ -200,12 +207,16 @@ def render(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the committed json")
+    parser.add_argument("--ignore-load", action="store_true", help="time even on a busy machine")
     args = parser.parse_args()
     summary = RESULTS / "structured_minilm.json"
     if args.render_only:
         results = json.loads(summary.read_text())
     else:
         load_before = os.getloadavg()[0]
+        if load_before >= 0.5 and not args.ignore_load:
+            raise SystemExit(f"load average {load_before:.2f} >= 0.5: the latencies would be noise; wait for a quiet "
+                             "machine (or pass --ignore-load)")
         runs = [run for name, arguments in COMMANDS.items() for run in run_cli(name, arguments)]
         runs.append(torch_ln_structured(128, 256, 0))
         results = {"runs": runs, "sweep": sweep(), "compute": compute_bound(), "torch": torch.__version__, "threads": torch.get_num_threads(),

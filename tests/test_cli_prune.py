@@ -112,6 +112,12 @@ def test_weights_file_is_loaded_into_the_factory_model(tmp_path, monkeypatch, ca
     assert code == 0, capsys.readouterr().err
     model, _ = load_checkpoint(tmp_path / "out.pt", trust_factory=True)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in trained.state_dict().items())
+    before = (tmp_path / "weights.pt").read_bytes()  # --out naming the weights read is refused, even with --overwrite
+    code = main(["prune", "--model", factory, "--model-args", '{"width": 4}', "--weights", str(tmp_path / "weights.pt"),
+                 "--data", data, "--recipe", str(recipe), "--out", str(tmp_path / "weights.pt"), "--overwrite",
+                 "--no-progress"])
+    assert code == 2 and "is the --weights file being read" in capsys.readouterr().err
+    assert (tmp_path / "weights.pt").read_bytes() == before
 
 
 def test_pickled_model_is_refused_without_trust_pickle_and_accepted_with_it(tmp_path, capsys):

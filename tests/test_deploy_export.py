@@ -117,17 +117,29 @@ def test_cli_export_of_a_shrunk_checkpoint_matches_the_loaded_model(tmp_path, ca
                                atol=1e-5, rtol=1e-5)
 
 
+def test_cli_export_never_writes_over_its_checkpoint_or_an_existing_file(tmp_path, capsys):
+    arch = ArchSpec("lenet300", SHAPE, 10)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", arch.build().eval(), arch)
+    before = checkpoint.read_bytes()
+    assert main(["export", str(checkpoint), "--onnx", str(checkpoint), "--overwrite"]) == 2
+    assert "is the checkpoint being read" in capsys.readouterr().err and checkpoint.read_bytes() == before
+    existing = tmp_path / "old.onnx"
+    existing.write_bytes(b"keep me")
+    assert main(["export", str(checkpoint), "--onnx", str(existing)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
+
+
 def test_cli_export_of_a_missing_or_truncated_checkpoint_fails_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out.onnx"
     out.write_bytes(b"an older export")
-    assert main(["export", str(tmp_path / "none.pt"), "--onnx", str(out)]) == 2
+    assert main(["export", str(tmp_path / "none.pt"), "--onnx", str(out), "--overwrite"]) == 2
     assert "none.pt' does not exist" in capsys.readouterr().err
     arch = ArchSpec("lenet300", SHAPE, 10)
     data = save_checkpoint(tmp_path / "m.pt", arch.build(), arch).read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
-    assert main(["export", str(tmp_path / "cut.pt"), "--onnx", str(out)]) == 2
+    assert main(["export", str(tmp_path / "cut.pt"), "--onnx", str(out), "--overwrite"]) == 2
     assert "cut.pt' is not a readable prunekit checkpoint: it is truncated" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "m.pt"), "--onnx", str(out), "--batch-size", "1"]) == 2
+    assert main(["export", str(tmp_path / "m.pt"), "--onnx", str(out), "--batch-size", "1", "--overwrite"]) == 2
     assert "--batch-size must be at least 2" in capsys.readouterr().err
     assert out.read_bytes() == b"an older export"
 

@@ -228,6 +228,8 @@ def test_shards_merged_hold_exactly_the_runs_of_the_whole_sweep(tmp_path, cache,
                             "--shard", f"{number}/2")) == 0
     assert main(["merge", str(tmp_path / "all"), str(tmp_path / "shard1"), str(tmp_path / "shard2")]) == 0
     out = capsys.readouterr().out
+    assert main(["merge", str(tmp_path / "all"), str(tmp_path / "shard1"), str(tmp_path / "shard2")]) == 2
+    assert "prunekit merge --force merges again" in capsys.readouterr().err  # no --resume hint merge lacks
     assert "magnitude" in out and "random" in out and (tmp_path / "all" / "report.html").is_file()
     merged = read_results(tmp_path / "all" / "results.json")
     assert [run["job"]["id"] for run in merged["runs"]] == [job.id for job in planned_jobs(config)]

@@ -211,3 +211,16 @@ def test_cli_compress_prints_the_sizes_and_writes_a_loadable_file(tmp_path, caps
         torch.testing.assert_close(loaded.eval()(inputs), model(inputs), atol=2e-3, rtol=2e-3)
     assert main(["compress", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
     assert "missing.pt' does not exist" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+def test_cli_compress_never_writes_over_an_existing_file_without_overwrite(tmp_path, capsys):
+    source = save_checkpoint(tmp_path / "m.pt", sparse_lenet(0.95), LENET)
+    precious = tmp_path / "precious.pt"
+    precious.write_bytes(b"precious")
+    assert main(["compress", str(source), str(precious)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and precious.read_bytes() == b"precious"
+    before = source.read_bytes()
+    assert main(["compress", str(source), str(source), "--overwrite"]) == 2  # never over its own input
+    assert "is the checkpoint being read" in capsys.readouterr().err and source.read_bytes() == before
+    assert main(["compress", str(source), str(precious), "--overwrite"]) == 0
+    assert load_checkpoint(precious)[1]["storage"] == "sparse"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -26,6 +27,18 @@ def _check_inputs(arch, batch: int) -> torch.Tensor:
     return torch.randn(batch, *arch.input_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
+def _check_destination(source: str, destination: str, option: str, overwrite: bool) -> None:
+    """Refuse to write over the checkpoint being read, or over any existing file without --overwrite."""
+    target = Path(destination)
+    if target.exists() and Path(source).exists() and os.path.samefile(source, destination):
+        raise PrunekitError(f"{option} '{destination}' is the checkpoint being read; write to another file")
+    if target.is_dir():
+        raise PrunekitError(f"{option} '{destination}' is a folder; give the path of the file to write")
+    if target.exists() and not overwrite:
+        raise PrunekitError(f"{option} '{destination}' exists; pass --overwrite to replace it (it is replaced only "
+                            "once the new file is complete)")
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     from prunekit.arch import ArchSpec
     from prunekit.checkpoint import load_checkpoint
@@ -34,6 +47,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.batch_size < 2:
         raise PrunekitError(f"--batch-size must be at least 2 (the batch axis is exported as dynamic); "
                             f"got {args.batch_size}")
+    _check_destination(args.checkpoint, args.onnx, "--onnx", args.overwrite)
     model, info = load_checkpoint(args.checkpoint, trust_factory=args.trust_factory)
     inputs = _check_inputs(ArchSpec.from_dict(info["arch"]), args.batch_size)
     done = export_onnx(model, inputs, args.onnx)
@@ -48,6 +62,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_compress(args: argparse.Namespace) -> None:
     from prunekit.deploy.storage import compress_checkpoint
 
+    _check_destination(args.checkpoint, args.out, "OUT", args.overwrite)
     source_bytes = Path(args.checkpoint).stat().st_size if Path(args.checkpoint).is_file() else None
     report = compress_checkpoint(args.checkpoint, args.out, fp16=args.fp16, trust_factory=args.trust_factory)
     print(f"{args.checkpoint}: {source_bytes:,} bytes")
@@ -77,6 +92,7 @@ def add_deploy_commands(commands: argparse._SubParsersAction) -> None:
     compress.add_argument("out", help="the compressed checkpoint to write (load it with load_checkpoint)")
     compress.add_argument("--fp16", action="store_true", help="store values as float16 (about half the size)")
     for sub in (export, compress):
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         sub.add_argument("--trust-factory", action="store_true",
                          help="allow a checkpoint whose model is built by a factory function")
     export.set_defaults(handler=_cmd_export)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,9 @@ def _check_out(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.is_dir():
         raise PrunekitError(f"--out '{out}' is a folder; give the path of the checkpoint file to write")
-    if Path(args.model).is_file() and out.resolve() == Path(args.model).resolve():
-        raise PrunekitError(f"--out '{out}' is the model being pruned; write the result to another file")
+    for option, source in (("--model", args.model), ("--weights", getattr(args, "weights", None))):
+        if source and out.exists() and Path(source).is_file() and os.path.samefile(out, source):
+            raise PrunekitError(f"--out '{out}' is the {option} file being read; write the result to another file")
     if out.exists() and not args.overwrite:
         raise PrunekitError(f"--out '{out}' exists; pass --overwrite to replace it (it is replaced only once the new "
                             "checkpoint is complete)")

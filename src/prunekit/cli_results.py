@@ -115,7 +115,11 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     merged = merge_results(args.sources)
     extra = {key: merged[key] for key in ("accuracy_metric", "merged_from", "shards", "shards_missing")
              if key in merged}
-    store = open_results(args.out, merged["config"], force=args.force, extra=extra)
+    try:
+        store = open_results(args.out, merged["config"], force=args.force, extra=extra)
+    except PrunekitError as error:  # merge re-joins everything: there is nothing to resume
+        raise PrunekitError(str(error).replace("--resume continues it (skipping the finished runs)",
+                                               "prunekit merge --force merges again")) from None
     if store.backup is not None:
         print(f"--force: the previous results were moved to {store.backup}")
     store.extend(merged["runs"])
