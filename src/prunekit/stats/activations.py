@@ -15,7 +15,7 @@ from torch import nn
 
 from prunekit.distributed import all_reduce_sum
 from prunekit.inputs import call_model
-from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default
+from prunekit.stats.loop import LossFn, for_each_batch, loss_or_default, module_hooks
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,14 @@ def capture_outputs(model: nn.Module, points: Sequence[ActivationPoint]) -> Iter
     torch.Size([1, 2])
     """
     seen: dict[str, list[torch.Tensor]] = {point.module_name: [] for point in points}
-    handles = []
 
     def hook_for(name: str):
         def hook(module, args, output):
             seen[name].append(output[0] if isinstance(output, tuple) else output)
         return hook
 
-    try:
-        for name in seen:
-            handles.append(model.get_submodule(name).register_forward_hook(hook_for(name)))
+    with module_hooks(model, {name: hook_for(name) for name in seen}):
         yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def collect_activation_stats(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunekit.layers import handler_for, require_input_width
+from prunekit.stats.loop import module_hooks
 
 
 @dataclass
@@ -62,6 +63,7 @@ class HessianCollector:
     def __init__(self, model: nn.Module, names: Iterable[str], dtype: torch.dtype = torch.float32) -> None:
         self.token_mask: torch.Tensor | None = None
         self.hessians: dict[str, InputHessian] = {}
+        self._model = model
         self._modules = {}
         for name in names:
             module = model.get_submodule(name)
@@ -70,7 +72,7 @@ class HessianCollector:
             device = next(module.parameters()).device
             self.hessians[name] = InputHessian(torch.zeros(width, width, dtype=dtype, device=device))
             self._modules[name] = (module, handler)
-        self._handles: list = []
+        self._hooks = None
 
     def _hook_for(self, name: str):
         hessian = self.hessians[name]
@@ -85,18 +87,14 @@ class HessianCollector:
         return hook
 
     def __enter__(self) -> HessianCollector:
-        try:
-            for name, (module, _) in self._modules.items():
-                self._handles.append(module.register_forward_pre_hook(self._hook_for(name)))
-        except Exception:
-            self.__exit__(None, None, None)
-            raise
+        self._hooks = module_hooks(self._model, {name: self._hook_for(name) for name in self._modules}, pre=True)
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._hooks is not None:
+            self._hooks.__exit__(*exc_info)
+            self._hooks = None
 
 
 __all__ = ["HessianCollector", "InputHessian"]

@@ -23,7 +23,7 @@ from prunekit.errors import PrunekitError
 from prunekit.inputs import call_model
 from prunekit.layers import handler_for, require_input_width
 from prunekit.masking import split_name
-from prunekit.stats.loop import for_each_batch
+from prunekit.stats.loop import for_each_batch, module_hooks
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,6 @@ def _squared_sums(model: nn.Module, widths: dict[str, int]) -> Iterator[dict[str
     device = parameter.device if parameter is not None else None
     totals = {name: {"sums": torch.zeros(width, dtype=torch.float64, device=device), "rows": 0}
               for name, width in widths.items()}
-    handles = []
 
     def hook_for(name: str):
         def hook(module, args):
@@ -65,13 +64,8 @@ def _squared_sums(model: nn.Module, widths: dict[str, int]) -> Iterator[dict[str
                 totals[name]["rows"] += features.shape[0]
         return hook
 
-    try:
-        for name in totals:
-            handles.append(model.get_submodule(name).register_forward_pre_hook(hook_for(name)))
+    with module_hooks(model, {name: hook_for(name) for name in totals}, pre=True):
         yield totals
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def collect_input_norms(model: nn.Module, data: Iterable, names: Sequence[str],

@@ -8,7 +8,8 @@ the global random number generators (iterating a shuffling DataLoader draws from
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -29,6 +30,29 @@ def loss_or_default(loss_fn: LossFn | None) -> LossFn:
     True
     """
     return F.cross_entropy if loss_fn is None else loss_fn
+
+
+@contextmanager
+def module_hooks(model: nn.Module, hooks: Mapping[str, Callable], pre: bool = False) -> Iterator[None]:
+    """``hooks[name]`` registered on the submodule `name` of `model` while inside (a forward hook,
+    or a forward pre-hook with `pre`); all removed on exit, also on error.
+
+    >>> model, seen = nn.Sequential(nn.Linear(3, 2)), []
+    >>> with module_hooks(model, {"0": lambda module, args, output: seen.append(output.shape)}):
+    ...     _ = model(torch.ones(1, 3))
+    >>> _ = model(torch.ones(1, 3))
+    >>> seen
+    [torch.Size([1, 2])]
+    """
+    handles = []
+    try:
+        for name, hook in hooks.items():
+            module = model.get_submodule(name)
+            handles.append(module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def split_batch(batch: object) -> tuple[object, object]:
