@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean chromium
+.PHONY: demo test install clean chromium compiler
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/prunekit demo --resume
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium compiler
 	$(BIN)/python -m pytest
 
 # the browser tests/test_report_html.py renders report.html in (Debian's chromium); installed when
@@ -29,6 +29,15 @@ chromium:
 		&& export DEBIAN_FRONTEND=noninteractive && { apt-get install -y -q chromium \
 		|| { apt-get update -q && apt-get install -y -q chromium; }; }; } \
 		|| echo "chromium not installed (needs root and apt-get): the browser check of tests/test_report_html.py will skip"
+
+# g++ builds prunekit's compiled sparse kernel (prunekit.deploy.native_kernel) on first use; installed
+# when missing and apt-get is usable as root, else the kernel is left out and tests/test_native_kernel.py
+# says why
+compiler:
+	@command -v g++ >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& export DEBIAN_FRONTEND=noninteractive && { apt-get install -y -q g++ \
+		|| { apt-get update -q && apt-get install -y -q g++; }; }; } \
+		|| echo "g++ not installed (needs root and apt-get): prunekit's compiled sparse kernel is left out"
 
 clean:
 	rm -rf $(VENV) .prunekit-cache

@@ -15,6 +15,7 @@ from torch import nn
 
 from invariants import one_thread  # noqa: F401 (autouse: one thread for this module)
 from prunekit import PrunekitError, get_masks, prune
+from prunekit.deploy.native_kernel import native_kernel_status
 from prunekit.deploy.sparse_inference import TimingConfig, sparse_inference
 from prunekit.deploy.sparse_linear import SparseLinear
 
@@ -42,7 +43,7 @@ def sparse_mlp(seed=0) -> nn.Sequential:
     return model.eval()
 
 
-@pytest.mark.parametrize("kernels", ["csr", "bag", "dense", {1: "csr", 4: "bag", 9: "dense"}])
+@pytest.mark.parametrize("kernels", ["csr", "bag", "native", "dense", {1: "csr", 4: "native", 9: "dense"}])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(12,), (1, 12), (5, 12), (2, 3, 12), (4, 1, 2, 12)])
 def test_sparse_linear_equals_the_dense_layer(kernels, bias, shape):
@@ -136,7 +137,8 @@ def test_measured_conversion_records_every_decision_and_keeps_the_outputs():
     result = sparse_inference(model, x64, also_on=[x1], timing=QUICK)
     first, _, last = result.layers
     assert sorted(first.timings_us) == [1, 64]
-    assert all(sorted(times) == ["bag", "csr", "dense"] for times in first.timings_us.values())
+    timed = ["bag", "csr", "dense", "native"] if native_kernel_status() is None else ["bag", "csr", "dense"]
+    assert all(sorted(times) == timed for times in first.timings_us.values())
     assert last.kernel == "dense" and last.timings_us == {}  # not sparse enough: never timed
     if result.timings:  # some layer was faster sparse, so the whole model was timed
         assert [t.batch_size for t in result.timings] == [64, 1]
@@ -152,7 +154,8 @@ def test_measured_conversion_records_every_decision_and_keeps_the_outputs():
 def fixed_layer_times(layers, layer_input, timing):
     """Stand-in timings: sparse kernels win at 64 rows, dense wins at 1 row."""
     rows = layer_input.shape[0]
-    times = {"dense": 10.0, "csr": 6.0, "bag": 3.0} if rows == 64 else {"dense": 1.0, "csr": 2.0, "bag": 5.0}
+    times = ({"dense": 10.0, "csr": 6.0, "bag": 3.0, "native": 4.0} if rows == 64
+             else {"dense": 1.0, "csr": 2.0, "bag": 5.0, "native": 3.0})
     return {name: times[name] for name in layers}
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.deploy.layer_timing import TimingConfig, time_layers
+from prunekit.deploy.native_kernel import native_kernel_status
 from prunekit.deploy.sparse_linear import SPARSE_KERNELS, SparseLinear
 from prunekit.errors import PrunekitError
 from prunekit.inputs import batch_size, call_model, model_outputs
@@ -82,7 +83,8 @@ class SparseInferenceResult:
     ``model`` is a new module in eval mode (the caller's is never changed). ``timings`` has one
     entry per example input (empty when nothing was converted or ``kernel`` was forced);
     ``kept_dense`` is True when the converted model was not faster on every example input, or
-    did not run, and the dense copy was returned instead.
+    did not run, and the dense copy was returned instead. ``notes`` says what was left out of
+    the choice (the compiled kernel, where it cannot be built here).
     """
 
     model: nn.Module
@@ -90,6 +92,7 @@ class SparseInferenceResult:
     timings: list[ModelTiming]
     kept_dense: bool
     max_abs_difference: float
+    notes: list[str] = field(default_factory=list)
 
     @property
     def speedup(self) -> float | None:
@@ -106,7 +109,8 @@ class SparseInferenceResult:
         layers = [{**asdict(layer), "kernel": layer.kernel} for layer in self.layers]
         timings = [{**asdict(timing), "speedup": timing.speedup} for timing in self.timings]
         return {"layers": layers, "timings": timings, "kept_dense": self.kept_dense,
-                "max_abs_difference": self.max_abs_difference, "speedup": self.speedup}
+                "max_abs_difference": self.max_abs_difference, "speedup": self.speedup,
+                "notes": list(self.notes)}
 
     def __str__(self) -> str:
         lines = [f"{'layer':<20} {'shape':>9} {'sparsity':>8} {'kernel':>10}  reason (us per call)"]
@@ -122,7 +126,7 @@ class SparseInferenceResult:
                          f"{timing.converted_ms:.3f} ms ({timing.speedup:.2f}x)")
         if self.kept_dense:
             lines.append("kept dense: the converted model was not faster on every example input")
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.notes])
 
 
 def sparse_inference(
@@ -137,10 +141,11 @@ def sparse_inference(
     """A copy of `model` whose sparse ``nn.Linear`` layers run sparse kernels where that is faster.
 
     `model` (plain, masked or baked) is left unchanged; ``result.model`` is a new module.
-    ``kernel="auto"`` measures each layer at the row counts it sees on `example_inputs` and on
-    every input in `also_on` (other batch sizes the model must not be slower at: each layer picks
-    a kernel per row count, see :class:`SparseLinear`), then times the whole model on each.
-    ``"csr"`` or ``"bag"`` converts every layer of at least `min_sparsity` with that kernel and
+    ``kernel="auto"`` times each layer dense and with each sparse kernel (``"csr"``, ``"bag"``,
+    and prunekit's compiled ``"native"`` where it can be built) at the row counts it sees on
+    `example_inputs` and on every input in `also_on` (other batch sizes the model must not be
+    slower at: each layer picks a kernel per row count, see :class:`SparseLinear`), then times
+    the whole model on each. A kernel's name converts every layer of at least `min_sparsity` with that kernel and
     times nothing (for tests, or where timing is not wanted). Only layers whose ``forward`` runs
     on the examples are considered (attention modules that read ``out_proj.weight`` themselves
     keep theirs). Outputs match the dense model up to float summation order; the largest
@@ -165,18 +170,24 @@ def sparse_inference(
                                 decided)
     failure = failure or _runs_with_views_or_without(converted, examples)
     decisions = [decided.get(name) or _not_run(name, layer) for name, layer in _linears(dense)]
+    notes = _notes(kernel)
     if failure is not None:
         _revert(decisions, f"the converted model failed on the examples ({failure})")
-        return SparseInferenceResult(dense, decisions, [], True, 0.0)
+        return SparseInferenceResult(dense, decisions, [], True, 0.0, notes)
     difference = max(_max_abs_difference(dense, converted, x) for x in examples)
     if kernel != "auto" or all(d.kernel == "dense" for d in decisions):
-        return SparseInferenceResult(converted, decisions, [], False, difference)
+        return SparseInferenceResult(converted, decisions, [], False, difference, notes)
     timings = [ModelTiming(batch_size(x), *paired_latency(dense, converted, x, timing.model_rounds,
                                                           timing.model_repeats)) for x in examples]
     if all(t.converted_ms < t.dense_ms for t in timings):
-        return SparseInferenceResult(converted, decisions, timings, False, difference)
+        return SparseInferenceResult(converted, decisions, timings, False, difference, notes)
     _revert(decisions, "the converted model was not faster on every example input")
-    return SparseInferenceResult(dense, decisions, timings, True, 0.0)
+    return SparseInferenceResult(dense, decisions, timings, True, 0.0, notes)
+
+
+def _notes(kernel: str) -> list[str]:
+    status = native_kernel_status() if kernel == "auto" else None
+    return [] if status is None else [f"the compiled kernel was not timed: {status}"]
 
 
 def _convert_in_order(model: nn.Module, run_order: list[str], examples: list[Any],
@@ -239,6 +250,10 @@ def _check_arguments(model: nn.Module, min_sparsity: float, kernel: str, timing:
     if kernel != "auto" and kernel not in SPARSE_KERNELS:
         raise PrunekitError(
             f"unknown kernel {kernel!r}; choose auto, {', '.join(SPARSE_KERNELS)}")
+    if kernel == "native" and native_kernel_status() is not None:
+        raise PrunekitError(
+            f"kernel='native' asks for prunekit's compiled kernel, which is not available here: "
+            f"{native_kernel_status()}; use kernel='auto' (it times the others) or 'bag'")
     timing.check()
     if not any(True for _ in _linears(model)):
         raise PrunekitError(
@@ -324,14 +339,22 @@ def _decide(name: str, layer: nn.Linear, inputs_by_rows: dict[int, torch.Tensor]
     return decision, SparseLinear.from_linear(layer, decision.kernels)
 
 
+def _available_kernels() -> tuple[str, ...]:
+    """The sparse kernels that run here: the compiled one only where it could be built."""
+    if native_kernel_status() is None:
+        return SPARSE_KERNELS
+    return tuple(name for name in SPARSE_KERNELS if name != "native")
+
+
 def _choose_kernels(layer: nn.Linear, inputs_by_rows: dict[int, torch.Tensor], timing: TimingConfig
                     ) -> tuple[dict[int, str], dict[int, dict[str, float]], str]:
     """The fastest kernel at each row count: a sparse one only if it beats dense by the margin."""
-    candidates = {name: SparseLinear.from_linear(layer, name) for name in SPARSE_KERNELS}
+    available = _available_kernels()
+    candidates = {name: SparseLinear.from_linear(layer, name) for name in available}
     kernels, timings, reasons = {}, {}, []
     for rows, layer_input in sorted(inputs_by_rows.items()):
         times = time_layers({"dense": layer, **candidates}, layer_input, timing)
-        fastest = min(SPARSE_KERNELS, key=times.get)
+        fastest = min(available, key=times.get)
         ratio = times["dense"] / times[fastest]
         kernels[rows] = fastest if ratio >= 1 / (1 - timing.margin) else "dense"
         timings[rows] = times

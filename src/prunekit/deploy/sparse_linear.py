@@ -8,6 +8,9 @@ Kernels, each computing ``y = x @ W.T + b``:
   gather-multiply-add for recommender models, used as a sparse matrix product: each output
   unit is a "bag" of the input features its weight row keeps, weighted by the kept values.
   On a 2-core x86 box it was about twice as fast as ``"csr"`` at 64 rows, slower at 1 row.
+* ``"native"``: prunekit's compiled kernel (:mod:`prunekit.deploy.native_kernel`), built on
+  first use; it splits rows over torch's threads and returns ``(rows, out)`` directly. Where it
+  cannot be built, a layer told to use it runs ``"bag"`` (the same product).
 * ``"dense"``: the plain dense product (a dense copy of the weight is kept only if some row
   count uses it).
 
@@ -16,7 +19,7 @@ brings: ``kernels`` maps row counts to kernels, and a call uses the entry of the
 count (by ratio: 16 rows is as near to 4 as to 64).
 :func:`prunekit.deploy.sparse_inference.sparse_inference` measures it.
 
-The sparse kernels work on activations laid out as ``(features, rows)``, so each feature's
+The torch kernels work on activations laid out as ``(features, rows)``, so each feature's
 values for all rows lie next to each other. The layer transposes its input (a copy, unless the
 input is already a transposed view) and, with ``transposed_output``, returns ``(rows, out)`` as a
 transposed *view* of its ``(out, rows)`` result that the next sparse layer reads without a copy.
@@ -36,12 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.deploy.native_kernel import native_kernel_status, native_sparse_linear
 from prunekit.errors import PrunekitError
 
 __all__ = ["KERNELS", "SPARSE_KERNELS", "SparseLinear"]
 
 #: the sparse kernels, and every kernel a SparseLinear can run
-SPARSE_KERNELS = ("csr", "bag")
+SPARSE_KERNELS = ("csr", "bag", "native")
 KERNELS = (*SPARSE_KERNELS, "dense")
 _FLOAT_TYPES = (torch.float32, torch.float64)
 
@@ -158,9 +162,12 @@ class SparseLinear(nn.Module):
         kernel = self.kernel_for(rows)
         if kernel == "dense":
             return F.linear(x, self.dense, self.bias)
-        if rows == 1 and kernel == "csr":
+        if kernel == "native" and native_kernel_status() is None:
+            out = native_sparse_linear(self.values, self.col_indices, self.row_offsets, flat,
+                                       self.bias)
+        elif rows == 1 and kernel == "csr":
             out = self._matrix_vector(flat[0]).unsqueeze(0)
-        else:
+        else:  # "native" where it cannot be built runs "bag"
             out = self._matrix_matrix(_transposed(flat), kernel).t()  # a view
             if not self.transposed_output:
                 out = out.contiguous()
