@@ -4,7 +4,10 @@ of pruned weights in its linear layers rises to 70% on a polynomial schedule.
 
 ``PrunekitTrainerCallback`` calls ``pruner.step()`` after every optimizer step and (with
 ``finalize=True``) bakes the masks in when training ends; ``callback.loss_with_penalty()`` is the
-Trainer's ``compute_loss_func``: the classification loss plus ``pruner.penalty()``.
+Trainer's ``compute_loss_func``: the classification loss plus ``pruner.penalty()``. With
+checkpoints on (``save_strategy="steps"``) each one also holds the Pruner's state
+(``prunekit_pruner.pt``), and ``trainer.train(resume_from_checkpoint=True)`` in a new process,
+with the model, Pruner and callback built as here, goes on with the same masks and schedule.
 
 Run:  .venv/bin/python examples/hf_trainer_tiny_bert.py     (needs: pip install prunekit[transformers]; ~10 s)
 """

@@ -7,6 +7,7 @@ framework installed (``pip install prunekit[lightning]`` or ``prunekit[transform
 * :mod:`prunekit.integrations.hf_trainer`: ``PrunekitTrainerCallback`` for the Hugging Face ``Trainer``.
 
 Both step the Pruner once after every optimizer step (as ``pruner.step()`` in a hand-written
-loop) and can ``finalize()`` it when training ends; the sparsity penalty joins the loss where
-the framework computes it (see each module).
+loop), can ``finalize()`` it when training ends, and keep its state in the framework's
+checkpoints, so that a run resumed into a fresh model goes on with the same masks and schedule;
+the sparsity penalty joins the loss where the framework computes it (see each module).
 """

@@ -12,8 +12,16 @@ penalty (non-zero only with a ``regularizer``) goes in through the Trainer's own
                       compute_loss_func=callback.loss_with_penalty())
     trainer.train()
 
-The Trainer's checkpoints do not carry the Pruner: save ``pruner.state_dict()`` yourself
-(``torch.save``) to resume.
+Each checkpoint the Trainer saves carries the Pruner: its ``state_dict()`` goes into the
+checkpoint folder as ``prunekit_pruner.pt``. ``trainer.train(resume_from_checkpoint=...)`` with a
+fresh model, a new Pruner of the same settings and a new callback puts masks, schedule position
+and the masked weights back before the first step (the Trainer, loading the checkpoint into the
+model before the masks are back, warns about missing and unexpected ``parametrizations`` keys;
+the callback then loads those; a model that is not a transformers ``PreTrainedModel`` needs the
+class attribute ``_keys_to_ignore_on_save = None``, which the Trainer reads on missing keys). The
+checkpoint must be the Trainer's ``<args.output_dir>/checkpoint-<step>``; to resume from one
+elsewhere, load its ``prunekit_pruner.pt`` into the Pruner before ``trainer.train`` (the Trainer
+then finds the masks in place and loads every weight itself).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from prunekit.integrations._common import checked_pruner, require
+from prunekit.integrations.hf_checkpoint import checkpoint_folder, resume_pruner, save_pruner_state
 from prunekit.pruner import Pruner
 
 _transformers = require("transformers", "transformers")
@@ -48,7 +57,9 @@ def classification_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) 
 
 class PrunekitTrainerCallback(_transformers.TrainerCallback):
     """Steps `pruner` after each optimizer step of ``Trainer.train``; ``finalize=True`` calls
-    ``pruner.finalize()`` when training ends (units removed, masks baked in).
+    ``pruner.finalize()`` when training ends (units removed, masks baked in). Writes the Pruner's
+    state into each checkpoint the Trainer saves and, when ``train`` resumes from one, puts the
+    Pruner and its masked weights back before the first step.
 
     >>> import prunekit
     >>> from torch import nn
@@ -62,12 +73,21 @@ class PrunekitTrainerCallback(_transformers.TrainerCallback):
         self.finalize = bool(finalize)
         self._accumulation_steps = 1
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._accumulation_steps = max(int(args.gradient_accumulation_steps), 1)
+        # the Trainer loaded the checkpoint's TrainerState before this event: a resumed run is past step 0
+        if state.global_step > 0 and not self.pruner.finalized:
+            trainer_model = self.pruner.model if model is None else model
+            resume_pruner(self.pruner, trainer_model, checkpoint_folder(args.output_dir, state.global_step),
+                          state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if not self.pruner.finalized:
             self.pruner.step()
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save and not self.pruner.finalized:  # the process that writes the checkpoint
+            save_pruner_state(self.pruner, checkpoint_folder(args.output_dir, state.global_step))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.finalize and not self.pruner.finalized:
