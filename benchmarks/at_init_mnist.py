@@ -13,14 +13,11 @@ Writes benchmarks/results/at_init_mnist.md and benchmarks/results/at_init_mnist/
 from __future__ import annotations
 
 import json
-import shlex
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_report_only, parser_for, percent_mean_sd, read_runs, read_timing, run_prunekit,
+                     shown_command, table_head, write_page)
+
 OUT = RESULTS / "at_init_mnist"
 COMMAND = ["compare", "--model", "lenet300", "--dataset", "mnist5k", "--methods", "magnitude,snip,synflow",
            "--scope", "global", "--sparsity", "0.9,0.95,0.98", "--seeds", "0,1,2", "--finetune-epochs", "10",
@@ -57,15 +54,15 @@ def _dead_pixel_weights(sparsity: float = 0.95) -> str:
 def main() -> None:
     from prunekit.io import atomic_write_text
 
-    started = time.perf_counter()
+    parser = parser_for(__doc__)
+    add_report_only(parser)
     timing = OUT / "timing.json"
-    if "--report-only" not in sys.argv:
-        subprocess.run([str(Path(sys.executable).parent / "prunekit"), *COMMAND], check=True)
-        atomic_write_text(timing, json.dumps({"wall": time.perf_counter() - started}))
-    wall = json.loads(timing.read_text())["wall"]
-    runs = json.loads((OUT / "results.json").read_text())["runs"]
-    lines = ["| method | target | acc. right after pruning % | acc. after training % (± sd) | dense % | drop pt "
-             "| training epochs |", "|---|---|---|---|---|---|---|"]
+    if not parser.parse_args().report_only:
+        atomic_write_text(timing, json.dumps({"wall": run_prunekit(COMMAND)}))
+    wall = read_timing(timing)["wall"]
+    runs = read_runs(OUT)
+    lines = table_head("method", "target", "acc. right after pruning %", "acc. after training % (± sd)", "dense %",
+                       "drop pt", "training epochs")
     for method in ("magnitude", "snip", "synflow"):
         for target in (0.9, 0.95, 0.98):
             members = [r for r in runs if r["method"] == method and r["sparsity_target"] == target]
@@ -73,11 +70,11 @@ def main() -> None:
             dense = statistics.fmean(r["accuracy_dense"] for r in members)
             epochs = "40 + 10" if method == "magnitude" else str(members[0]["epochs_spent"])
             lines.append(f"| {method} | {target:.0%} | {100 * statistics.fmean(r['accuracy_pruned'] for r in members):.2f} "
-                         f"| {100 * statistics.fmean(accuracy):.2f} (± {100 * statistics.pstdev(accuracy):.2f}) "
+                         f"| {percent_mean_sd(accuracy)} "
                          f"| {100 * dense:.2f} | {100 * (dense - statistics.fmean(accuracy)):.2f} | {epochs} |")
     text = "\n".join([
         "# Pruning at initialisation on LeNet-300-100 / MNIST-5k", "",
-        f"Command: `prunekit {shlex.join(COMMAND).replace(str(OUT), 'runs/at_init')}` "
+        f"Command: `{shown_command(COMMAND, OUT, 'runs/at_init')}` "
         f"(wall time {wall:.0f} s on this machine; `benchmarks/at_init_mnist.py` runs it). "
         "magnitude prunes the trained baseline and fine-tunes 10 epochs; snip and synflow prune the same seed's "
         "untrained weights and then train 50 epochs: the same total training. Test accuracy, mean of 3 seeds.", "",
@@ -85,8 +82,7 @@ def main() -> None:
         "At equal total training, pruning the trained model is ahead of both at-initialisation methods at every "
         "sparsity on this small dataset. " + _dead_pixel_weights(), "",
     ])
-    atomic_write_text(RESULTS / "at_init_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "at_init_mnist.md", text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import ctypes.util
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -49,9 +48,9 @@ from prunekit.pruner import Pruner
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 from prunekit.zoo_sensitivity import SensitivityConfig, run_sensitivity
 
+from _common import RESULTS, add_report_only, cpu_name, parser_for, seed_tuple, write_page
 from budget_resnet20_report import render
 
-RESULTS = Path(__file__).parent / "results"
 BATCH = 64
 ARCH = ArchSpec("resnet20", (1, 28, 28), 10)
 #: (name, scope, round_to) of part (a); "auto" lets the harness measure the multiple
@@ -259,19 +258,18 @@ def _run(args: argparse.Namespace, path: Path) -> None:
     """The parts asked for; the JSON is written after each, so a failure keeps what was measured."""
     payload = json.loads(path.read_text()) if path.exists() and args.part != "all" else {}
     batch = load_dataset("mnist5k").test.tensors[0][:BATCH]
-    payload.update(torch=torch.__version__, machine=f"{platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores", finetune_epochs=args.finetune_epochs)
+    payload.update(torch=torch.__version__, machine=f"{cpu_name()}, {os.cpu_count()} cores",
+                   finetune_epochs=args.finetune_epochs)
     payload.setdefault("wall_seconds", {})
     steps = {"a": ("a",), "b": ("b",), "kernels": ("kernels",), "all": ("a", "b", "kernels")}[args.part]
     for step in steps:
         started = time.perf_counter()
         if step == "a":
-            payload["a"] = part_a(tuple(int(s) for s in args.seeds_a.split(",")), args.finetune_epochs, batch)
+            payload["a"] = part_a(seed_tuple(args.seeds_a), args.finetune_epochs, batch)
         elif step == "b":
             chosen = {run["round_to"] for run in payload["a"]["runs"] if run["label"] == "global auto"}
             round_to = chosen.pop() if len(chosen) == 1 else 8
-            payload["b"] = part_b(tuple(int(s) for s in args.seeds_b.split(",")), args.finetune_epochs, args.ratio,
-                                  round_to, batch)
+            payload["b"] = part_b(seed_tuple(args.seeds_b), args.finetune_epochs, args.ratio, round_to, batch)
         else:  # last: it pins malloc for the rest of the process
             kernel_phase(payload["a"], batch)
         payload["wall_seconds"][step] = time.perf_counter() - started
@@ -279,14 +277,14 @@ def _run(args: argparse.Namespace, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__doc__)
     parser.add_argument("--seeds-a", default="0")
     parser.add_argument("--seeds-b", default="0,1,2")
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--ratio", type=float, default=0.4)
     parser.add_argument("--part", choices=("a", "b", "kernels", "all"), default="all",
                         help="b and kernels reuse the saved part a")
-    parser.add_argument("--report-only", action="store_true", help="re-render the .md from the saved .json")
+    add_report_only(parser)
     parser.add_argument("--out", default=str(RESULTS), help="folder for budget_resnet20.json and .md")
     args = parser.parse_args()
     out = Path(args.out)
@@ -294,9 +292,7 @@ def main() -> None:
     path = out / "budget_resnet20.json"
     if not args.report_only:
         _run(args, path)
-    text = render(json.loads(path.read_text()))
-    atomic_write_text(out / "budget_resnet20.md", text)
-    print(text)
+    write_page(out / "budget_resnet20.md", render(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":

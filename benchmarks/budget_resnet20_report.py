@@ -7,6 +7,15 @@ from collections import defaultdict
 
 from prunekit.report import benchmark_markdown
 
+
+def _grouped(runs: list[dict], key: str) -> defaultdict[str, list[dict]]:
+    """`runs` by their value of `key`, in the order the values first come."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run[key]].append(run)
+    return groups
+
+
 def _sweep_table(sweep: list[dict]) -> str:
     """Per stage, the conv's milliseconds at every fourth channel count and just past each 16."""
     by_stage = defaultdict(dict)
@@ -43,9 +52,7 @@ def _stages(widths: list[int]) -> str:
 def _model_table(part: dict) -> str:
     models = {row["label"]: row for row in part["models"]}
     dense = models["dense"]
-    runs = defaultdict(list)
-    for run in part["runs"]:
-        runs[run["label"]].append(run)
+    runs = _grouped(part["runs"], "label")
     header = (f"{'l1 50% channels':<14}{'round_to':>9}{'MACs x':>8}{'speedup':>9}{'lat/MAC':>8}{'acc %':>7}"
               f"{'drop pt':>8}   kept channels (stem+stage 1 | stage 2 | stage 3)")
     lines = [header, "-" * len(header)]
@@ -64,9 +71,7 @@ def _model_table(part: dict) -> str:
 
 
 def _budget_table(part: dict) -> str:
-    groups = defaultdict(list)
-    for run in part["runs"]:
-        groups[run["allocation"]].append(run)
+    groups = _grouped(part["runs"], "allocation")
     header = (f"{'allocation':<13}{'seeds':>6}{'allocated':>10}{'measured':>10}{'MACs x':>8}{'pruned %':>9}"
               f"{'acc %':>7}{'± sd':>6}{'drop pt':>8}   kept channels (seed {part['runs'][0]['seed']})")
     lines = [header, "-" * len(header)]
@@ -114,9 +119,7 @@ def _findings_a(part: dict) -> str:
 
 
 def _findings_b(part: dict) -> str:
-    groups = defaultdict(list)
-    for run in part["runs"]:
-        groups[run["allocation"]].append(run)
+    groups = _grouped(part["runs"], "allocation")
     accuracy = {name: statistics.fmean(100 * run["accuracy"] for run in runs) for name, runs in groups.items()}
     sparsity = {name: statistics.fmean(run["allocated"]["sparsity"] for run in runs) for name, runs in groups.items()}
     macs = {name: statistics.fmean(run["macs_dense"] / run["macs"] for run in runs) for name, runs in groups.items()}

@@ -19,7 +19,6 @@ Writes benchmarks/results/deploy_storage.md.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
@@ -32,14 +31,14 @@ from prunekit.data import load_dataset, make_loader
 from prunekit.deploy.onnx_export import export_onnx
 from prunekit.deploy.onnx_runtime import OnnxRuntimeModel
 from prunekit.deploy.storage import save_compressed
-from prunekit.io import atomic_write_text
 from prunekit.masking import bake
 from prunekit.metrics import paired_latency
 from prunekit.pruner import prune
 from prunekit.report import benchmark_markdown
 from prunekit.training import default_train_config, get_baseline, train
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, parser_for, write_page
+
 SPARSITIES = (0.9, 0.95)
 
 
@@ -124,7 +123,7 @@ def _latency(model, images, folder: Path, threads: int | None) -> tuple[str, lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_for(__doc__)
     parser.add_argument("--latency", action="store_true", help="also time onnxruntime (quiet machine only)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime / torch threads (default: all)")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning with masks after pruning")
@@ -174,8 +173,7 @@ def main() -> None:
                      "runs dense kernels, so sparsity buys neither a smaller ONNX file nor speed; a small file is "
                      "`prunekit compress`, speed needs structured pruning.")
     text = benchmark_markdown("Export and storage: LeNet-300-100", intro, tables, checks)
-    atomic_write_text(RESULTS / "deploy_storage.md", text)
-    print(text)
+    write_page(RESULTS / "deploy_storage.md", text)
 
 
 if __name__ == "__main__":

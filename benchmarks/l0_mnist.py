@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import copy
 import json
-import shlex
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_only, add_report_only, command_item, method_target_groups, parser_for,
+                     percent_mean_sd, read_runs, read_timing, run_timed, runs_now, table_head, write_page)
+
 OUT = RESULTS / "l0_mnist"
 SEEDS = (0, 1, 2)
 STRENGTHS = (1e-5, 3e-5, 1e-4)  # 1e-5: the harness's default for units (PENALTY_METHODS["l0"])
@@ -85,8 +83,8 @@ def _mean(values) -> float:
 
 
 def architecture_lines(runs: list[dict]) -> list[str]:
-    lines = ["| λ (per parameter) | architecture per seed | acc. right after removal % | acc. after recovery % "
-             "(± sd) | drop pt | params | MACs | latency vs dense (batch 64) |", "|---|---|---|---|---|---|---|---|"]
+    lines = table_head("λ (per parameter)", "architecture per seed", "acc. right after removal %",
+                       "acc. after recovery % (± sd)", "drop pt", "params", "MACs", "latency vs dense (batch 64)")
     for strength in STRENGTHS:
         members = [run for run in runs if run["strength"] == strength]
         if not members:
@@ -95,7 +93,7 @@ def architecture_lines(runs: list[dict]) -> list[str]:
         accuracy = [run["accuracy"] for run in members]
         lines.append(
             f"| {strength:g} | {shapes} | {100 * _mean(r['accuracy_pruned'] for r in members):.2f} | "
-            f"{100 * _mean(accuracy):.2f} (± {100 * statistics.pstdev(accuracy):.2f}) | "
+            f"{percent_mean_sd(accuracy)} | "
             f"{100 * (_mean(r['accuracy_dense'] for r in members) - _mean(accuracy)):.2f} | "
             f"{_mean(r['params'] for r in members):,.0f} of {members[0]['params_dense']:,} | "
             f"{_mean(r['macs'] for r in members):,.0f} of {members[0]['macs_dense']:,} | "
@@ -103,56 +101,49 @@ def architecture_lines(runs: list[dict]) -> list[str]:
     return lines
 
 
-def compare_lines(name: str, extra: list[str], timing: dict, commands: list[str]) -> list[str]:
-    command = [*BASE, *extra, "--out", str(OUT / name)]
-    seconds = f" ({timing[name]:.0f} s)" if name in timing else ""
-    commands.append("- `prunekit " + shlex.join(command).replace(str(OUT), "runs") + "`" + seconds)
-    runs = json.loads((OUT / name / "results.json").read_text())["runs"]
+def compare_lines(runs: list[dict]) -> list[str]:
+    """One table row per method and target of one `prunekit compare` command's runs."""
     lines = []
-    for method in dict.fromkeys(run["method"] for run in runs):
-        for target in sorted({run["sparsity_target"] for run in runs}):
-            members = [run for run in runs if run["method"] == method and run["sparsity_target"] == target]
-            accuracy = [run["accuracy"] for run in members]
-            dense = _mean(run["accuracy_dense"] for run in members)
-            latency = _mean(run["latency_ms"] / run["latency_dense_ms"] for run in members)
-            lines.append(
-                f"| {members[0]['granularity']}:{method} | {target:.0%} | "
-                f"{100 * _mean(r['sparsity_achieved'] for r in members):.1f}% | "
-                f"{100 * _mean(r['accuracy_pruned'] for r in members):.2f} | "
-                f"{100 * _mean(accuracy):.2f} (± {100 * statistics.pstdev(accuracy):.2f}) | "
-                f"{100 * (dense - _mean(accuracy)):.2f} | {_mean(r['params'] for r in members):,.0f} | "
-                f"{_mean(r['params_nonzero'] for r in members):,.0f} | {_mean(r['macs'] for r in members):,.0f} | "
-                f"{latency:.2f}x |")
+    for (method,), target, members in method_target_groups(runs):
+        accuracy = [run["accuracy"] for run in members]
+        dense = _mean(run["accuracy_dense"] for run in members)
+        latency = _mean(run["latency_ms"] / run["latency_dense_ms"] for run in members)
+        lines.append(
+            f"| {members[0]['granularity']}:{method} | {target:.0%} | "
+            f"{100 * _mean(r['sparsity_achieved'] for r in members):.1f}% | "
+            f"{100 * _mean(r['accuracy_pruned'] for r in members):.2f} | "
+            f"{percent_mean_sd(accuracy)} | "
+            f"{100 * (dense - _mean(accuracy)):.2f} | {_mean(r['params'] for r in members):,.0f} | "
+            f"{_mean(r['params_nonzero'] for r in members):,.0f} | {_mean(r['macs'] for r in members):,.0f} | "
+            f"{latency:.2f}x |")
     return lines
 
 
 def main() -> None:
     from prunekit.io import atomic_write_text
 
-    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
-    run_now = "--report-only" not in sys.argv
+    parser = parser_for(__doc__)
+    add_only(parser, ("architecture", *(name for name, _ in ROWS)))
+    add_report_only(parser)
+    args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     timing_path, architecture_path = OUT / "timing.json", OUT / "architecture.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    if run_now and only in (None, "architecture"):
+    timing = read_timing(timing_path)
+    if runs_now(args, "architecture"):
         started = time.perf_counter()
         runs = [learn_architecture(seed, strength) for strength in STRENGTHS for seed in SEEDS]
         atomic_write_text(architecture_path, json.dumps(runs, indent=2))
         timing["architecture"] = time.perf_counter() - started
         atomic_write_text(timing_path, json.dumps(timing, indent=2))
-    for name, extra in ROWS:
-        if run_now and only in (None, name):
-            started = time.perf_counter()
-            subprocess.run([str(Path(sys.executable).parent / "prunekit"), *BASE, *extra, "--out", str(OUT / name)],
-                           check=True)
-            timing[name] = time.perf_counter() - started
-            atomic_write_text(timing_path, json.dumps(timing, indent=2))
-    commands: list[str] = []
-    table = ["| method | target | sparsity reached | acc. right after pruning % | acc. after recovery % (± sd) "
-             "| drop pt | params | nonzero params | MACs | latency vs dense |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, extra in ROWS:
-        if (OUT / name / "results.json").is_file():
-            table += compare_lines(name, extra, timing, commands)
+    commands = {name: [*BASE, *extra, "--out", str(OUT / name)] for name, extra in ROWS}
+    for name, command in commands.items():
+        if runs_now(args, name):
+            run_timed(name, command, timing, timing_path)
+    done = [name for name in commands if (OUT / name / "results.json").is_file()]
+    table = table_head("method", "target", "sparsity reached", "acc. right after pruning %",
+                       "acc. after recovery % (± sd)", "drop pt", "params", "nonzero params", "MACs",
+                       "latency vs dense")
+    table += [line for name in done for line in compare_lines(read_runs(OUT / name))]
     architecture = json.loads(architecture_path.read_text()) if architecture_path.is_file() else []
     text = "\n".join([
         "# L0 regularisation (hard-concrete gates) on MNIST-5k", "",
@@ -175,10 +166,9 @@ def main() -> None:
         "keeps the highest gates (the shut ones always go, so the sparsity may pass the target), folds the "
         "gates into the weights and recovers without them. One-shot rows prune at the start and fine-tune for "
         "the whole budget.", "",
-        *commands, "", *table, "",
+        *(command_item(commands[name], OUT, timing.get(name)) for name in done), "", *table, "",
     ])
-    atomic_write_text(RESULTS / "l0_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "l0_mnist.md", text)
 
 
 if __name__ == "__main__":

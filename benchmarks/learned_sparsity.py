@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, read_runs, table_head, write_page
 
 #: (row label, results.json under benchmarks/results, method as recorded, what the row is)
 WEIGHT_ROWS = [
@@ -42,8 +41,8 @@ CHANNEL_ROWS = [
 
 
 def _runs(folder: str) -> list[dict]:
-    path = RESULTS / folder / "results.json"
-    return json.loads(path.read_text())["runs"] if path.is_file() else []
+    """The committed runs under `folder`; none when that benchmark has not been run."""
+    return read_runs(RESULTS / folder) if (RESULTS / folder / "results.json").is_file() else []
 
 
 def _cell(runs: list[dict], method: str, target: float) -> str:
@@ -70,10 +69,7 @@ def _predictor_cells() -> tuple[str, str, str, str]:
 
 
 def main() -> None:
-    from prunekit.io import atomic_write_text
-
-    lines = ["| method | 90%: accuracy % / drop pt | 95%: accuracy % / drop pt | what it is | runs |",
-             "|---|---|---|---|---|"]
+    lines = table_head("method", "90%: accuracy % / drop pt", "95%: accuracy % / drop pt", "what it is", "runs")
     for label, folder, method, what in WEIGHT_ROWS:
         runs = _runs(folder)
         lines.append(f"| {label} | {_cell(runs, method, 0.9)} | {_cell(runs, method, 0.95)} | {what} | "
@@ -82,8 +78,8 @@ def main() -> None:
     lines.append(f"| predictor (seeds 1, 2; magnitude in the same runs: {magnitude_90} / {magnitude_95}) | "
                  f"{predictor_90} | {predictor_95} | one-shot masks from the learned predictor | "
                  "`benchmarks/results/predictor_mnist.json` |")
-    channel_lines = ["| method | accuracy % / drop pt at 50% of channels | params | MACs | latency vs dense | runs |",
-                     "|---|---|---|---|---|---|"]
+    channel_lines = table_head("method", "accuracy % / drop pt at 50% of channels", "params", "MACs",
+                               "latency vs dense", "runs")
     for label, folder, method in CHANNEL_ROWS:
         runs = [run for run in _runs(folder) if run["method"] == method]
         sizes = "| | |"
@@ -103,8 +99,7 @@ def main() -> None:
         "## LeNet-300-100, weight sparsity", "", *lines, "",
         "## ResNet-20, 50% of channels (4 fine-tune epochs)", "", *channel_lines, "",
     ])
-    atomic_write_text(RESULTS / "learned_sparsity.md", text)
-    print(text)
+    write_page(RESULTS / "learned_sparsity.md", text)
 
 
 if __name__ == "__main__":

@@ -17,28 +17,28 @@ Writes benchmarks/results/lottery_mnist.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 from prunekit.io import atomic_write_text
 from prunekit.lottery import LotterySettings, run_lottery
+from prunekit.report import check_table
 from prunekit.training import get_baseline
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, add_seeds, parser_for, seed_tuple, table_head, write_page
+
 FINAL = 1 - 0.8 ** 12  # 93.1%
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = parser_for(__doc__)
+    add_seeds(parser)
     parser.add_argument("--epochs-per-round", type=int, default=None, help="default: the recipe's 40")
     args = parser.parse_args()
     started = time.perf_counter()
     per_seed = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seed_tuple(args.seeds):
         _, meta = get_baseline("lenet300", "mnist5k", seed, progress=False)
         outcome = run_lottery(LotterySettings("lenet300", "mnist5k", sparsity=FINAL, seed=seed, rounds=12,
                                               epochs_per_round=args.epochs_per_round, controls_at=(0.8, FINAL)))
@@ -47,12 +47,12 @@ def main() -> None:
         print(json.dumps(per_seed[-1]), flush=True)
     atomic_write_text(RESULTS / "lottery_mnist.json", json.dumps(per_seed, indent=2))
     dense = statistics.fmean(entry["dense"] for entry in per_seed)
-    lines = ["| weights left | ticket acc % (mean of seeds) | drop vs dense pt |", "|---|---|---|"]
+    lines = table_head("weights left", "ticket acc % (mean of seeds)", "drop vs dense pt")
     for index in range(len(per_seed[0]["rounds"])):
         sparsity = statistics.fmean(entry["rounds"][index]["sparsity"] for entry in per_seed)
         accuracy = statistics.fmean(entry["rounds"][index]["accuracy"] for entry in per_seed)
         lines.append(f"| {1 - sparsity:.1%} | {100 * accuracy:.2f} | {100 * (dense - accuracy):.2f} |")
-    control_lines = ["| weights left | ticket % | random reinit % | ticket - reinit pt |", "|---|---|---|---|"]
+    control_lines = table_head("weights left", "ticket %", "random reinit %", "ticket - reinit pt")
     gaps = []
     for index in range(2):
         left = 1 - statistics.fmean(entry["controls"][index]["sparsity"] for entry in per_seed)
@@ -64,10 +64,10 @@ def main() -> None:
     left20, ticket20, control20 = gaps[0]
     left7, ticket7, control7 = gaps[1]
     checks = [
-        f"| ticket at <= 20% left within 1 pt of dense | {'PASS' if 100 * (dense - ticket20) <= 1 else 'FAIL'} "
-        f"| {left20:.1%} left: {100 * (dense - ticket20):.2f} pt |",
-        f"| gap to random reinit at {left20:.1%} left | REPORT | {100 * (ticket20 - control20):+.2f} pt |",
-        f"| gap to random reinit at {left7:.1%} left | REPORT | {100 * (ticket7 - control7):+.2f} pt |",
+        ("ticket at <= 20% left within 1 pt of dense", 100 * (dense - ticket20) <= 1,
+         f"{left20:.1%} left: {100 * (dense - ticket20):.2f} pt"),
+        (f"gap to random reinit at {left20:.1%} left", "REPORT", f"{100 * (ticket20 - control20):+.2f} pt"),
+        (f"gap to random reinit at {left7:.1%} left", "REPORT", f"{100 * (ticket7 - control7):+.2f} pt"),
     ]
     epochs = per_seed[0]["epochs_spent"]
     text = "\n".join([
@@ -80,10 +80,9 @@ def main() -> None:
         "--schedule lottery` one target at a time.", "",
         "Ticket after each round's training (12 rounds of 20%):", "", *lines, "",
         "Ticket vs random reinitialisation (same masks, fresh weights, one round of training):", "",
-        *control_lines, "", "| check | result | value |", "|---|---|---|", *checks, "",
+        *control_lines, "", *check_table(checks), "",
     ])
-    atomic_write_text(RESULTS / "lottery_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "lottery_mnist.md", text)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,11 @@ Writes benchmarks/results/movement_mnist.md and the runs under benchmarks/result
 
 from __future__ import annotations
 
-import json
-import shlex
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_only, add_report_only, command_item, method_target_groups, parser_for, read_runs,
+                     read_timing, run_timed, runs_now, table_head, write_page)
+
 OUT = RESULTS / "movement_mnist"
 BASE = ["compare", "--model", "lenet300", "--dataset", "mnist5k", "--seeds", "0,1,2", "--no-progress",
         "--sparsity", "0.9,0.95", "--finetune-epochs", "10"]
@@ -34,40 +30,25 @@ ROWS = [  # name, the arguments after BASE
 LAYERS = ("fc1.weight", "fc2.weight", "classifier.weight")
 
 
-def _run(name: str, extra: list[str], timing: dict) -> tuple[str, list[dict]]:
-    command = [*BASE, *extra, "--out", str(OUT / name)]
-    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
-    if "--report-only" not in sys.argv and only in (None, name):
-        started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "prunekit"), *command], check=True)
-        timing[name] = time.perf_counter() - started
-    seconds = f" ({timing[name]:.0f} s)" if name in timing else ""
-    runs = json.loads((OUT / name / "results.json").read_text())["runs"]
-    return "- `prunekit " + shlex.join(command).replace(str(OUT), "runs") + "`" + seconds, runs
-
-
 def _rows(runs: list[dict]) -> list[dict]:
     rows = []
-    for method, schedule in dict.fromkeys((run["method"], run["schedule"]) for run in runs):
-        for target in sorted({run["sparsity_target"] for run in runs}):
-            members = [run for run in runs if (run["method"], run["schedule"], run["sparsity_target"])
-                       == (method, schedule, target)]
-            after = [run["accuracy"] for run in members]
-            dense = statistics.fmean(run["accuracy_dense"] for run in members)
-            rows.append({
-                "label": method if method != "magnitude" else f"magnitude ({schedule})",
-                "target": target, "achieved": statistics.fmean(run["sparsity_achieved"] for run in members),
-                "layers": [statistics.fmean(run["layer_sparsity"][layer] for run in members) for layer in LAYERS],
-                "pruned": statistics.fmean(run["accuracy_pruned"] for run in members),
-                "after": statistics.fmean(after), "sd": statistics.pstdev(after), "dense": dense,
-                "drop": 100 * (dense - statistics.fmean(after)), "seeds": len(members),
-            })
+    for (method, schedule), target, members in method_target_groups(runs, ("method", "schedule")):
+        after = [run["accuracy"] for run in members]
+        dense = statistics.fmean(run["accuracy_dense"] for run in members)
+        rows.append({
+            "label": method if method != "magnitude" else f"magnitude ({schedule})",
+            "target": target, "achieved": statistics.fmean(run["sparsity_achieved"] for run in members),
+            "layers": [statistics.fmean(run["layer_sparsity"][layer] for run in members) for layer in LAYERS],
+            "pruned": statistics.fmean(run["accuracy_pruned"] for run in members),
+            "after": statistics.fmean(after), "sd": statistics.pstdev(after), "dense": dense,
+            "drop": 100 * (dense - statistics.fmean(after)), "seeds": len(members),
+        })
     return rows
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| method | target | achieved | fc1 / fc2 / classifier sparsity | acc. right after pruning % "
-             "| acc. after recovery % (± sd) | drop pt |", "|---|---|---|---|---|---|---|"]
+    lines = table_head("method", "target", "achieved", "fc1 / fc2 / classifier sparsity", "acc. right after pruning %",
+                       "acc. after recovery % (± sd)", "drop pt")
     for row in rows:
         layers = " / ".join(f"{value:.0%}" for value in row["layers"])
         lines.append(f"| {row['label']} | {row['target']:.0%} | {row['achieved']:.2%} | {layers} | "
@@ -112,7 +93,7 @@ def _sign_check(seeds=(0, 1, 2), epochs: int = 10) -> str:
     from prunekit.training import default_train_config, get_baseline
 
     splits, recipe = load_dataset("mnist5k"), default_train_config("lenet300", "mnist5k")
-    lines = ["| layer | score > 0 | abs(w) grew | sign of score agrees with growth |", "|---|---|---|---|"]
+    lines = table_head("layer", "score > 0", "abs(w) grew", "sign of score agrees with growth")
     shares = {layer: [] for layer in LAYERS}
     for seed in seeds:
         model, _ = get_baseline("lenet300", "mnist5k", seed, progress=False)
@@ -151,17 +132,19 @@ def _batches(loader, count: int):
 
 
 def main() -> None:
-    from prunekit.io import atomic_write_text
-
+    parser = parser_for(__doc__)
+    add_only(parser, (name for name, _ in ROWS))
+    add_report_only(parser)
+    args = parser.parse_args()
     timing_path = OUT / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    timing = read_timing(timing_path)
     commands, rows = [], []
     for name, extra in ROWS:
-        command, runs = _run(name, extra, timing)
-        commands.append(command)
-        rows += _rows(runs)
-        OUT.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(timing_path, json.dumps(timing, indent=2))
+        command = [*BASE, *extra, "--out", str(OUT / name)]
+        if runs_now(args, name):
+            run_timed(name, command, timing, timing_path)
+        commands.append(command_item(command, OUT, timing.get(name)))
+        rows += _rows(read_runs(OUT / name))
     rows.sort(key=lambda row: (row["target"], row["label"]))
     sign_table = _sign_check()
     text = "\n".join([
@@ -196,8 +179,7 @@ def main() -> None:
         "result from the paper.", "",
         sign_table, "",
     ])
-    atomic_write_text(RESULTS / "movement_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "movement_mnist.md", text)
 
 
 if __name__ == "__main__":

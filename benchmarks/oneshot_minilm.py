@@ -27,10 +27,8 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 # threads that spin while waiting fight over 2 shared cores: let them sleep (set before torch loads)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -40,7 +38,9 @@ import torch  # noqa: E402
 from prunekit import hf, prune  # noqa: E402
 from prunekit.targets import resolve_targets  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_calibration, int_list, load_average, load_note, machine_info,  # noqa: E402
+                     ordering, parser_for, reached, table_head)
+
 #: (label, method, keyword arguments of prunekit.prune); 50% unless a pattern says otherwise
 RUNS = [
     ("magnitude / layer", "magnitude", {"sparsity": 0.5, "scope": "layer"}),
@@ -106,7 +106,7 @@ def evaluate_runs(dense, tokenizer, runs, args, seed: int, repeats: int) -> tupl
 def run_all(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     dense, tokenizer = hf.load_minilm()
-    load_before = os.getloadavg()
+    load_before = load_average()
     rows, data = evaluate_runs(dense, tokenizer, [*RUNS, ("torch l1_unstructured", None, {"sparsity": 0.5})],
                                args, args.seed, args.repeats)
     extra = [row for seed in args.extra_seeds
@@ -118,8 +118,7 @@ def run_all(args: argparse.Namespace) -> dict:
         "target_params": sum(dense.get_parameter(name).numel() for name in targets),
         "calibration_texts": args.calibration_size, **data,
         "eval_texts": args.eval_size, "seed": args.seed, "threads": args.threads, "repeats": args.repeats,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "load_average_before_after": [load_before[0], os.getloadavg()[0]],
+        **machine_info(), "load_average_before_after": [load_before, load_average()],
         "runs": rows, "other_seeds": extra,
     }
 
@@ -136,10 +135,6 @@ methods need not be the same size here. Random pruning is the floor everywhere.
 """
 
 
-def _ordering(rows) -> str:
-    return " > ".join(f"{row['label']} ({row['accuracy']:.4f})" for row in sorted(rows, key=lambda r: -r["accuracy"]))
-
-
 def render(results: dict) -> str:
     lines = [
         "# One-shot pruning of the bundled MiniLM: magnitude, Wanda, random (50% and 2:4)",
@@ -154,11 +149,11 @@ def render(results: dict) -> str:
         "the share of held-out sentences whose nearest neighbour among the held-out set is unchanged. "
         f"Prune time: wall time of the `prune` call (calibration passes included), median and minimum of "
         f"{results['repeats']} calls, {results['threads']} CPU threads, torch {results['torch']}; the machine "
-        "was shared with other jobs (1-minute load average {:.1f} before, {:.1f} after; timed in rounds through "
-        "all methods), so the minimum is the better measure of the cost.".format(*results["load_average_before_after"]),
+        f"was shared with other jobs ({load_note(results['load_average_before_after'])}; timed in rounds through "
+        "all methods), so the minimum is the better measure of the cost.",
         "",
-        "| method | scope / pattern | sparsity | cosine | nn agreement | prune time (s), median / min |",
-        "|---|---|---:|---:|---:|---:|",
+        *table_head("method", "scope / pattern", "sparsity", "cosine", "nn agreement",
+                    "prune time (s), median / min", align="llrrrr"),
     ]
     for row in results["runs"]:
         shape = row["pattern"] or row["scope"] or "layer"
@@ -169,8 +164,7 @@ def render(results: dict) -> str:
         seeds = sorted({row["seed"] for row in results["other_seeds"]})
         lines += ["", f"Other calibration / held-out splits (seeds {', '.join(map(str, seeds))}; "
                   "cosine, nn agreement):",
-                  "", "| method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
-                  "|---|" + "---:|" * len(seeds)]
+                  "", *table_head("method", *(f"seed {seed}" for seed in seeds), align="l" + "r" * len(seeds))]
         for label in dict.fromkeys(row["label"] for row in results["other_seeds"]):
             cells = [next(f"{r['accuracy']:.4f}, {r['nn_agreement']:.3f}" for r in results["other_seeds"]
                           if r["label"] == label and r["seed"] == seed) for seed in seeds]
@@ -182,12 +176,12 @@ def render(results: dict) -> str:
         "## Against the issue's targets",
         "",
         f"* Wanda cosine >= 0.85 at 50%: **{wanda['accuracy']:.4f}** "
-        f"({'reached' if wanda['accuracy'] >= 0.85 else 'NOT reached'}).",
+        f"({reached(wanda['accuracy'] >= 0.85)}).",
         f"* Wanda prune time <= 5 s on 2 cores: **{wanda['prune_seconds']:.2f} s** median, "
         f"{wanda['prune_seconds_min']:.2f} s min "
-        f"({'reached' if wanda['prune_seconds'] <= 5 else 'NOT reached'}; {results['threads']} threads).",
-        "* Ordering at 50%: " + _ordering(row for row in results["runs"] if row["pattern"] is None) + ".",
-        "* Ordering at 2:4: " + _ordering(row for row in results["runs"] if row["pattern"]) + ".",
+        f"({reached(wanda['prune_seconds'] <= 5)}; {results['threads']} threads).",
+        "* Ordering at 50%: " + ordering(row for row in results["runs"] if row["pattern"] is None) + ".",
+        "* Ordering at 2:4: " + ordering(row for row in results["runs"] if row["pattern"]) + ".",
         "",
         "## Published behaviour",
         "",
@@ -197,14 +191,11 @@ def render(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibration-size", type=int, default=128)
-    parser.add_argument("--eval-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = parser_for(__doc__)
+    add_calibration(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed prune calls per method (median, min)")
-    parser.add_argument("--extra-seeds", type=lambda text: [int(x) for x in text.split(",") if x], default=[1, 2])
+    parser.add_argument("--extra-seeds", type=int_list, default=[1, 2])
     args = parser.parse_args()
     results = run_all(args)
     RESULTS.mkdir(exist_ok=True)

@@ -14,15 +14,11 @@ Writes benchmarks/results/penalties_mnist.md and the runs under benchmarks/resul
 
 from __future__ import annotations
 
-import json
-import shlex
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_only, add_report_only, command_item, method_target_groups, parser_for,
+                     percent_mean_sd, read_runs, read_timing, run_timed, runs_now, table_head, write_page)
+
 OUT = RESULTS / "penalties_mnist"
 BASE = ["compare", "--dataset", "mnist5k", "--seeds", "0,1,2", "--no-progress"]
 LENET = ["--model", "lenet300", "--finetune-epochs", "10"]
@@ -37,32 +33,27 @@ ROWS = [
 
 
 def main() -> None:
-    from prunekit.io import atomic_write_text
-
-    commands, lines = [], ["| method | target | acc. right after pruning % | acc. after recovery % (± sd) "
-                           "| drop pt | params |", "|---|---|---|---|---|---|"]
+    parser = parser_for(__doc__)
+    add_only(parser, (name for name, _ in ROWS))
+    add_report_only(parser)
+    args = parser.parse_args()
+    commands = []
+    lines = table_head("method", "target", "acc. right after pruning %", "acc. after recovery % (± sd)", "drop pt",
+                       "params")
     timing_path = OUT / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    timing = read_timing(timing_path)
     for name, extra in ROWS:
         command = [*BASE, *extra, "--out", str(OUT / name)]
-        only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
-        if "--report-only" not in sys.argv and only in (None, name):
-            row_started = time.perf_counter()
-            subprocess.run([str(Path(sys.executable).parent / "prunekit"), *command], check=True)
-            timing[name] = time.perf_counter() - row_started
-            atomic_write_text(timing_path, json.dumps(timing, indent=2))
-        seconds = f" ({timing[name]:.0f} s)" if name in timing else ""
-        commands.append("- `prunekit " + shlex.join(command).replace(str(OUT), "runs") + "`" + seconds)
-        runs = json.loads((OUT / name / "results.json").read_text())["runs"]
-        for method in dict.fromkeys(run["method"] for run in runs):
-            for target in sorted({run["sparsity_target"] for run in runs}):
-                members = [run for run in runs if run["method"] == method and run["sparsity_target"] == target]
-                accuracy = [run["accuracy"] for run in members]
-                dense = statistics.fmean(run["accuracy_dense"] for run in members)
-                pruned = statistics.fmean(run["accuracy_pruned"] for run in members)
-                lines.append(f"| {members[0]['granularity']}:{method} | {target:.0%} | {100 * pruned:.2f} | "
-                             f"{100 * statistics.fmean(accuracy):.2f} (± {100 * statistics.pstdev(accuracy):.2f}) | "
-                             f"{100 * (dense - statistics.fmean(accuracy)):.2f} | {members[0]['params']:,} |")
+        if runs_now(args, name):
+            run_timed(name, command, timing, timing_path)
+        commands.append(command_item(command, OUT, timing.get(name)))
+        for (method,), target, members in method_target_groups(read_runs(OUT / name)):
+            accuracy = [run["accuracy"] for run in members]
+            dense = statistics.fmean(run["accuracy_dense"] for run in members)
+            pruned = statistics.fmean(run["accuracy_pruned"] for run in members)
+            lines.append(f"| {members[0]['granularity']}:{method} | {target:.0%} | {100 * pruned:.2f} | "
+                         f"{percent_mean_sd(accuracy)} | "
+                         f"{100 * (dense - statistics.fmean(accuracy)):.2f} | {members[0]['params']:,} |")
     text = "\n".join([
         "# Sparsity penalties on MNIST-5k (LeNet-300-100, ResNet-20)", "",
         "Command: `.venv/bin/python benchmarks/penalties_mnist.py`, which runs the commands below (their wall "
@@ -77,8 +68,7 @@ def main() -> None:
         "are masked, whichever method chose them: the BatchNorm running statistics no longer match, and the remaining training brings "
         "it back.", "",
     ])
-    atomic_write_text(RESULTS / "penalties_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "penalties_mnist.md", text)
 
 
 if __name__ == "__main__":

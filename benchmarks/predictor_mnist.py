@@ -22,9 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,7 +38,8 @@ from prunekit.recovery import finetune_lr
 from prunekit.schedules import Iterative
 from prunekit.training import default_train_config, evaluate, get_baseline, train
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, add_report_only, parser_for, percent_mean_sd, table_head, write_page
+
 DATASET = "mnist5k"
 SEEDS, TRAIN_SEED = (0, 1, 2), 0
 RERUN_SEED = 1  # the oracle is run a second time on this seed, with another data order
@@ -190,7 +189,9 @@ def refusal_message(lenet300_predictor: MaskPredictor) -> str:
 
 
 def main() -> None:
-    if "--report-only" in sys.argv:  # re-render the page from the results already written
+    parser = parser_for(__doc__)
+    add_report_only(parser)
+    if parser.parse_args().report_only:  # re-render the page from the results already written
         out = json.loads((RESULTS / "predictor_mnist.json").read_text())
         atomic_write_text(RESULTS / "predictor_mnist.md", render(out))
         return
@@ -204,9 +205,7 @@ def main() -> None:
     out["refusal"] = refusal_message(lenet300_predictors[0.9])
     out["seconds"] = time.perf_counter() - started
     atomic_write_text(RESULTS / "predictor_mnist.json", json.dumps(out, indent=2))
-    text = render(out)
-    atomic_write_text(RESULTS / "predictor_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "predictor_mnist.md", render(out))
 
 
 def _mean(rows: list[dict], key: str) -> str:
@@ -222,8 +221,7 @@ def agreement_table(out: dict, case: str, sparsity: float) -> list[str]:
              else "the training seed's own figures in the last column")
     lines = [f"**{case}, {sparsity:.0%}** (mean ± sd over seeds {sorted({row['seed'] for row in unseen})}; "
              f"{where})", "",
-             "| method | pruned precision | pruned recall | F1 | kept Jaccard | seed 0 kept Jaccard |",
-             "|---|---|---|---|---|---|"]
+             *table_head("method", "pruned precision", "pruned recall", "F1", "kept Jaccard", "seed 0 kept Jaccard")]
     for method in dict.fromkeys(row["method"] for row in rows):
         mine = [row for row in unseen if row["method"] == method]
         own = [row for row in rows if row["method"] == method and row["seed"] == TRAIN_SEED]
@@ -236,8 +234,7 @@ def agreement_table(out: dict, case: str, sparsity: float) -> list[str]:
 
 def verdicts(out: dict) -> list[str]:
     """Plain statements: did the predictor agree with the oracle better than magnitude on unseen seeds?"""
-    lines = ["| case | sparsity | predictor kept Jaccard | magnitude kept Jaccard | predictor better? |",
-             "|---|---|---|---|---|"]
+    lines = table_head("case", "sparsity", "predictor kept Jaccard", "magnitude kept Jaccard", "predictor better?")
     for case, _, _, sparsities in CASES:
         for sparsity in sparsities:
             rows = [row for row in out["agreement"] if row["case"] == case and row["sparsity"] == sparsity
@@ -251,8 +248,7 @@ def verdicts(out: dict) -> list[str]:
 
 
 def accuracy_table(out: dict) -> list[str]:
-    lines = ["| sparsity | method | seed | acc. right after pruning % | acc. after 10 epochs % |",
-             "|---|---|---|---|---|"]
+    lines = table_head("sparsity", "method", "seed", "acc. right after pruning %", "acc. after 10 epochs %")
     for row in out["accuracy"]:
         seed = f"{row['seed']}" + (" (training seed)" if row["seed"] == TRAIN_SEED and row["method"] == "predictor"
                                    else "")
@@ -262,8 +258,7 @@ def accuracy_table(out: dict) -> list[str]:
         for method in ("magnitude", "predictor"):
             unseen = [row["accuracy"] for row in out["accuracy"] if row["sparsity"] == sparsity
                       and row["method"] == method and row["seed"] != TRAIN_SEED]
-            lines.append(f"| {sparsity:.0%} | {method} | mean of unseen seeds | | {100 * statistics.fmean(unseen):.2f} "
-                         f"(± {100 * statistics.pstdev(unseen):.2f}) |")
+            lines.append(f"| {sparsity:.0%} | {method} | mean of unseen seeds | | {percent_mean_sd(unseen)} |")
     oracle = [f"{row['case']} {row['sparsity']:.0%} seed {row['seed']}: {100 * row['accuracy']:.2f}%"
               for row in out["oracles"]]
     return [*lines, "", f"Oracle test accuracy ({ORACLE_EPOCHS} epochs of iterative pruning and fine-tuning): "

@@ -18,16 +18,13 @@ Writes benchmarks/results/schedules_mnist.md and the runs under benchmarks/resul
 from __future__ import annotations
 
 import json
-import shlex
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_report_only, command_item, parser_for, read_runs, read_timing, run_prunekit,
+                     table_head, write_page)
+
 OUT = RESULTS / "schedules_mnist"
-PRUNEKIT = str(Path(sys.executable).parent / "prunekit")
 BASE = ["compare", "--model", "lenet300", "--dataset", "mnist5k", "--seeds", "0,1,2", "--no-progress"]
 WEIGHTS = ["--methods", "magnitude", "--scope", "global"]
 TEN = ["--finetune-epochs", "10"]
@@ -50,16 +47,6 @@ ROWS = [  # name, the arguments after BASE
 ]
 
 
-def _run(name: str, extra: list[str], report_only: bool) -> tuple[str, list[dict], float | None]:
-    command = [*BASE, *extra, "--out", str(OUT / name)]
-    started = time.perf_counter()
-    if not report_only:
-        subprocess.run([PRUNEKIT, *command], check=True)
-    seconds = None if report_only else time.perf_counter() - started
-    runs = json.loads((OUT / name / "results.json").read_text())["runs"]
-    return "prunekit " + shlex.join(command).replace(str(OUT), "runs"), runs, seconds
-
-
 def _rows(name: str, runs: list[dict]) -> list[dict]:
     rows = []
     for target in sorted({run["sparsity_target"] for run in runs}):
@@ -79,8 +66,8 @@ def _rows(name: str, runs: list[dict]) -> list[dict]:
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| schedule | target | achieved | acc. right after pruning % | acc. after recovery % (± sd) | dense % "
-             "| drop pt | fine-tune epochs |", "|---|---|---|---|---|---|---|---|"]
+    lines = table_head("schedule", "target", "achieved", "acc. right after pruning %", "acc. after recovery % (± sd)",
+                       "dense %", "drop pt", "fine-tune epochs")
     for row in rows:
         pruned = f"{100 * row['pruned']:.2f}" if row["pruned"] is not None else "n/a"
         target = f"{row['target']:.0%}" if round(100 * row["target"], 6).is_integer() else f"{row['target']:.1%}"
@@ -104,8 +91,7 @@ def _theta_sweep(seeds=(0, 1, 2), epochs: int = 10) -> str:
 
     splits, recipe = load_dataset("mnist5k"), default_train_config("lenet300")
     test_loader = make_loader(splits.test, 256, shuffle=False)
-    lines = ["| quantile | theta (mean abs. gradient) | sparsity reached | accuracy % | drop pt |",
-             "|---|---|---|---|---|"]
+    lines = table_head("quantile", "theta (mean abs. gradient)", "sparsity reached", "accuracy %", "drop pt")
     for quantile in (0.3, 0.5, 0.7, 0.8):
         reached, drops, thetas, accuracies = [], [], [], []
         for seed in seeds:
@@ -139,34 +125,38 @@ def _theta_sweep(seeds=(0, 1, 2), epochs: int = 10) -> str:
 
 def main() -> None:
     from prunekit.io import atomic_write_text  # the benchmark only reads prunekit's output otherwise
+    from prunekit.report import check_table
 
-    report_only = "--report-only" in sys.argv  # re-render from the results.json files already written
+    parser = parser_for(__doc__)
+    add_report_only(parser)
+    report_only = parser.parse_args().report_only  # re-render from the results.json files already written
+    timing = OUT / "timing.json"
+    seconds_by_row = read_timing(timing) if report_only else {}
     started = time.perf_counter()
     commands, rows = [], []
     for name, extra in ROWS:
-        command, runs, seconds = _run(name, extra, report_only)
-        commands.append(f"- `{command}`" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
-        rows += _rows(name, runs)
+        command = [*BASE, *extra, "--out", str(OUT / name)]
+        if not report_only:
+            seconds_by_row[name] = float(round(run_prunekit(command)))  # whole seconds, as the page shows them
+        commands.append(command_item(command, OUT, seconds_by_row[name]))
+        rows += _rows(name, read_runs(OUT / name))
         print(_table(rows), flush=True)
     theta_table = _theta_sweep()
-    timing = OUT / "timing.json"
     if report_only:
-        seconds_by_row = json.loads(timing.read_text())
-        commands = [line + f" ({seconds_by_row[name]:.0f} s)" for line, (name, _) in zip(commands, ROWS)]
         wall = seconds_by_row["wall"]
     else:
         wall = time.perf_counter() - started
-        seconds_by_row = {name: float(line.rsplit("(", 1)[1].split(" s)")[0]) for line, (name, _) in zip(commands, ROWS)}
         atomic_write_text(timing, json.dumps({**seconds_by_row, "wall": wall}, indent=2))
     budget10 = [row for row in rows if row["epochs"] == 10 and not row["row"].startswith("neuron")]
     best95 = min((row for row in budget10 if row["target"] == 0.95), key=lambda row: row["drop"])
     within = [row for row in rows if row["drop"] <= 1.0 and not row["row"].startswith("neuron")]
     highest = max(within, key=lambda row: row["achieved"]) if within else None
     checks = [
-        f"| best schedule at 95% within 10 epochs: drop <= 0.5 pt | {'PASS' if best95['drop'] <= 0.5 else 'FAIL'} "
-        f"| {best95['row']}: {best95['drop']:.2f} pt |",
-        f"| highest sparsity within 1 pt of dense (aim 98%) | {'PASS' if highest and highest['achieved'] >= 0.98 else 'REPORT'} "
-        f"| {highest['row'] + ': ' + format(highest['achieved'], '.2%') if highest else 'none'} |",
+        ("best schedule at 95% within 10 epochs: drop <= 0.5 pt", best95["drop"] <= 0.5,
+         f"{best95['row']}: {best95['drop']:.2f} pt"),
+        ("highest sparsity within 1 pt of dense (aim 98%)",
+         "PASS" if highest and highest["achieved"] >= 0.98 else "REPORT",
+         highest["row"] + ": " + format(highest["achieved"], ".2%") if highest else "none"),
     ]
     text = "\n".join([
         "# Schedules and recovery on LeNet-300-100 / MNIST-5k", "",
@@ -180,7 +170,7 @@ def main() -> None:
         "1 point; its epochs are the total over levels, and seeds that stop at different levels get a row each. "
         "The neuron rows remove 80% of each hidden layer's neurons (layer scope; target and achieved count "
         "neurons) and show where distillation from the dense model helps or not.", "",
-        *commands, "", _table(rows), "", "| check | result | value |", "|---|---|---|", *checks, "",
+        *commands, "", _table(rows), "", *check_table(checks), "",
         "## GradientThreshold: how theta maps to sparsity", "",
         "theta is set per seed at a quantile of the mean absolute gradient of every weight over the first pruning window "
         "(dense model, training data); the schedule then prunes, every 1/20 of the first quarter of the 10-epoch "
@@ -189,8 +179,7 @@ def main() -> None:
         "training converges. Python API (`prunekit.GradientThreshold`), 3 seeds.", "",
         theta_table, "",
     ])
-    atomic_write_text(RESULTS / "schedules_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "schedules_mnist.md", text)
 
 
 if __name__ == "__main__":

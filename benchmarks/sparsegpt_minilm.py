@@ -30,10 +30,8 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 # On a shared 2-core machine OpenMP threads that spin while they wait for work fight the other
 # job's threads for the cores: 2-thread SparseGPT took 255 s spinning, 14 s sleeping. Set before torch loads.
@@ -44,7 +42,9 @@ from torch import nn
 
 from prunekit import hf, prune  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+from _common import (RESULTS, add_calibration, add_report_only, int_list, load_average, load_note,  # noqa: E402
+                     machine_info, ordering, parser_for, reached, table_head)
+
 #: (label, method, keyword arguments of prunekit.prune); None: a torch-only baseline below
 RUNS = [
     ("sparsegpt / row", "sparsegpt", {"sparsity": 0.5}),
@@ -121,7 +121,7 @@ def run_all(args: argparse.Namespace) -> dict:
     calibration, held_out = hf.calibration_split(args.calibration_size, args.eval_size, args.seed)
     assert not set(calibration) & set(held_out)
     batches = hf.token_batches(tokenizer, calibration, args.batch_size)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows = []
     for index, threads in enumerate(args.threads):
         torch.set_num_threads(threads)
@@ -149,9 +149,8 @@ def run_all(args: argparse.Namespace) -> dict:
         "calibration_texts": args.calibration_size, "calibration_batches": len(batches),
         "calibration_tokens": int(sum(int(batch["attention_mask"].sum()) for batch in batches)),
         "eval_texts": args.eval_size, "seed": args.seed, "threads": args.threads, "repeats": args.repeats,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_before_after": [load_before, os.getloadavg()[0]], "runs": rows,
+        **machine_info(), "cores": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_before_after": [load_before, load_average()], "runs": rows,
         "size_sweep": size_sweep(dense, tokenizer, args) if args.size_sweep else [],
     }
 
@@ -173,10 +172,6 @@ def _seconds(row: dict, threads: int) -> str:
     return f"{row[f'prune_seconds_{threads}_threads']:.2f} / {row[f'prune_seconds_{threads}_threads_min']:.2f}"
 
 
-def _ordering(rows) -> str:
-    return " > ".join(f"{row['label']} ({row['accuracy']:.4f})" for row in sorted(rows, key=lambda r: -r["accuracy"]))
-
-
 def _sweep_lines(rows: list[dict]) -> list[str]:
     if not rows:
         return []
@@ -184,9 +179,9 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
              "SparseGPT with the first n paragraphs of one calibration sample, scored on one held-out set of "
              "other paragraphs (a different split from the table above, so figures at 128 differ slightly). The "
              "widest layer (the FFN output, 1536 inputs) needs at least 1536 calibration tokens for a full-rank XᵀX.",
-             "", f"| calibration texts | tokens | method | cosine | nn agreement | prune time (s), {rows[0]['threads']} "
-             f"thread{'s' * (rows[0]['threads'] > 1)} |",
-             "|---:|---:|---|---:|---:|---:|"]
+             "", *table_head("calibration texts", "tokens", "method", "cosine", "nn agreement",
+                             f"prune time (s), {rows[0]['threads']} thread{'s' * (rows[0]['threads'] > 1)}",
+                             align="rrlrrr")]
     for row in rows:
         if "refused" in row:
             cells = f"refused: {row['refused'].split(';')[0]} | | "
@@ -198,7 +193,6 @@ def _sweep_lines(rows: list[dict]) -> list[str]:
 
 def render(results: dict) -> str:
     threads = results["threads"]
-    load = results["load_average_before_after"]
     lines = [
         "# SparseGPT on the bundled MiniLM (50% and 2:4), beside Wanda and torch-only magnitude",
         "",
@@ -211,11 +205,11 @@ def render(results: dict) -> str:
         "held-out sentences whose nearest neighbour in the held-out set is unchanged. Prune time: wall time of the "
         f"call (calibration passes included), median / minimum of {results['repeats']} calls, torch "
         f"{results['torch']}, {results['cores']} cores, OMP_WAIT_POLICY={results['omp_wait_policy']}; the machine "
-        f"was shared with another job (1-minute load average {load[0]:.1f} before, {load[1]:.1f} after).",
+        f"was shared with another job ({load_note(results['load_average_before_after'])}).",
         "",
-        "| method | scope / pattern | sparsity | cosine | nn agreement | "
-        + " | ".join(f"prune time (s), {count} thread{'s' * (count > 1)}" for count in threads) + " |",
-        "|---|---|---:|---:|---:|" + "---:|" * len(threads),
+        *table_head("method", "scope / pattern", "sparsity", "cosine", "nn agreement",
+                    *(f"prune time (s), {count} thread{'s' * (count > 1)}" for count in threads),
+                    align="llrrr" + "r" * len(threads)),
     ]
     for row in results["runs"]:
         method = "magnitude (plain torch)" if row["method"] == "torch-magnitude" else row["method"]
@@ -230,14 +224,14 @@ def render(results: dict) -> str:
         "## Against the issue's targets",
         "",
         f"* SparseGPT cosine >= 0.92 at 50%: **{main['accuracy']:.4f}** "
-        f"({'reached' if main['accuracy'] >= 0.92 else 'NOT reached'}).",
+        f"({reached(main['accuracy'] >= 0.92)}).",
         f"* SparseGPT cosine >= 0.86 at 2:4: **{nm['accuracy']:.4f}** "
-        f"({'reached' if nm['accuracy'] >= 0.86 else 'NOT reached'}).",
+        f"({reached(nm['accuracy'] >= 0.86)}).",
         "* SparseGPT prune time <= 15 s on 2 cores: "
         + "; ".join(f"{count} thread{'s' * (count > 1)}: {_seconds(main, count)} s (median / min)" for count in threads)
-        + f" ({'reached' if fastest <= 15 else 'NOT reached'} at the best measurement; see the load note above).",
-        "* Ordering at 50%: " + _ordering(row for row in results["runs"] if row["pattern"] is None) + ".",
-        "* Ordering at 2:4: " + _ordering(row for row in results["runs"] if row["pattern"]) + ".",
+        + f" ({reached(fastest <= 15)} at the best measurement; see the load note above).",
+        "* Ordering at 50%: " + ordering(row for row in results["runs"] if row["pattern"] is None) + ".",
+        "* Ordering at 2:4: " + ordering(row for row in results["runs"] if row["pattern"]) + ".",
         "",
         *_sweep_lines(results.get("size_sweep", [])),
         "## Published behaviour",
@@ -249,16 +243,13 @@ def render(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibration-size", type=int, default=128)
-    parser.add_argument("--eval-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = parser_for(__doc__)
+    add_calibration(parser)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=lambda text: [int(part) for part in text.split(",")], default=[2, 1])
-    parser.add_argument("--size-sweep", type=lambda text: [int(part) for part in text.split(",") if part],
-                        default=[32, 64, 128, 256], help="calibration sizes for the sweep table ('' for none)")
-    parser.add_argument("--report-only", action="store_true", help="re-render the .md from the .json")
+    parser.add_argument("--size-sweep", type=int_list, default=[32, 64, 128, 256],
+                        help="calibration sizes for the sweep table ('' for none)")
+    add_report_only(parser)
     args = parser.parse_args()
     if any(count > 2 for count in args.threads):
         parser.error("the issue's budget is 2 cores: --threads at most 2")

@@ -15,16 +15,15 @@ Writes benchmarks/results/structured_mnist/results.json and benchmarks/results/s
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 from prunekit.harness import CompareConfig, run_compare, write_results
 from prunekit.io import atomic_write_text
 from prunekit.report import aggregate, benchmark_markdown, format_table
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, add_finetune, add_report_only, add_seeds, parser_for, seed_tuple, write_page
+
 OUT = RESULTS / "structured_mnist"
 
 METHODS = {
@@ -83,14 +82,13 @@ def _report(payload: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--finetune-epochs", type=int, default=10)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--report-only", action="store_true", help="re-render the .md from the saved .json")
+    parser = parser_for(__doc__)
+    add_seeds(parser)
+    add_finetune(parser, epochs=10)
+    add_report_only(parser)
     args = parser.parse_args()
     if not args.report_only:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
+        seeds = seed_tuple(args.seeds)
         started = time.perf_counter()
         common = dict(sparsities=(), scope="layer", seeds=seeds, finetune_epochs=args.finetune_epochs,
                       finetune_lr=args.finetune_lr, progress=False)
@@ -106,8 +104,7 @@ def main() -> None:
         atomic_write_text(path, json.dumps(payload, indent=2))
     payload = json.loads((OUT / "results.json").read_text())
     text = _report(payload)
-    atomic_write_text(RESULTS / "structured_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "structured_mnist.md", text)
 
 
 if __name__ == "__main__":

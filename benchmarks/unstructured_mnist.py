@@ -12,15 +12,12 @@ Writes benchmarks/results/unstructured_mnist.json and .md (the committed results
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 from prunekit.harness import CompareConfig, run_compare, write_results
-from prunekit.io import atomic_write_text
 from prunekit.report import aggregate, benchmark_markdown, format_table
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, add_finetune, add_seeds, parser_for, seed_tuple, write_page
 
 
 def _row(rows, model, method, sparsity):
@@ -48,12 +45,11 @@ def _checks(runs: list[dict]) -> list[tuple[str, bool, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--finetune-epochs", type=int, default=20)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser = parser_for(__doc__)
+    add_seeds(parser)
+    add_finetune(parser, epochs=20)
     args = parser.parse_args()
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    seeds = seed_tuple(args.seeds)
     started = time.perf_counter()
     configs = [
         CompareConfig("lenet300", "mnist5k", ("magnitude@0.9", "magnitude@0.95", "random@0.9"), (),
@@ -76,8 +72,7 @@ def main() -> None:
         "(unstructured zeros do not speed up dense kernels; that is the structured issue's job).",
     ]
     text = benchmark_markdown("Unstructured pruning on MNIST-5k", intro, [format_table(runs)], _checks(runs))
-    atomic_write_text(RESULTS / "unstructured_mnist.md", text)
-    print(text)
+    write_page(RESULTS / "unstructured_mnist.md", text)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.graph.heads import find_head_groups, shrink_heads
 from prunekit.io import atomic_write_dir
-from prunekit.layers.hf_mlp import ffn_widths, sync_ffn_config
+from prunekit.layers.hf_mlp import sync_ffn_widths
 from prunekit.tokens import check_tokenizer
 
 _REMOTE_MODULE = "prunekit_pruned_heads"
@@ -255,8 +255,9 @@ def _layer_sizes(model: nn.Module) -> dict[str, list[int]]:
     counts = _head_counts(model)
     if counts is not None:
         sizes[hf_remote.HEADS_KEY] = counts
-    if not sync_ffn_config(model):
-        sizes[hf_remote.FFN_KEY] = ffn_widths(model)[1]
+    widths = sync_ffn_widths(model)  # one read: the config gets a shared width, or we record each
+    if widths is not None:
+        sizes[hf_remote.FFN_KEY] = widths
     return sizes
 
 

@@ -43,6 +43,14 @@ def narrow_attention(attention: nn.Module, heads: int) -> None:
     self_attention.all_head_size = inner
 
 
+def _per_layer(config: BertConfig, key: str, default: int, layers: int) -> list[int]:
+    """``config.<key>`` (one size per layer), or `default` for every layer when the config has none."""
+    sizes = getattr(config, key, None) or [default] * layers
+    if len(sizes) != layers:
+        raise ValueError(f"config.{key} lists {len(sizes)} layers but the model has {layers}")
+    return sizes
+
+
 class PrunedHeadsBertModel(BertModel):
     """``BertModel`` whose layer i has ``config.prunekit_attention_heads[i]`` attention heads and
     ``config.prunekit_intermediate_sizes[i]`` FFN neurons."""
@@ -51,14 +59,8 @@ class PrunedHeadsBertModel(BertModel):
 
     def __init__(self, config: BertConfig, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
-        heads = getattr(config, HEADS_KEY, None) or [config.num_attention_heads] * len(self.encoder.layer)
-        if len(heads) != len(self.encoder.layer):
-            raise ValueError(
-                f"config.{HEADS_KEY} lists {len(heads)} layers but the model has {len(self.encoder.layer)}"
-            )
-        widths = getattr(config, FFN_KEY, None) or [config.intermediate_size] * len(self.encoder.layer)
-        if len(widths) != len(self.encoder.layer):
-            raise ValueError(f"config.{FFN_KEY} lists {len(widths)} layers but the model has {len(self.encoder.layer)}")
+        heads = _per_layer(config, HEADS_KEY, config.num_attention_heads, len(self.encoder.layer))
+        widths = _per_layer(config, FFN_KEY, config.intermediate_size, len(self.encoder.layer))
         for layer, count, width in zip(self.encoder.layer, heads, widths):
             if count != config.num_attention_heads:
                 narrow_attention(layer.attention, int(count))

@@ -6,6 +6,9 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 
+#: one benchmark check: (description, passed or a verdict such as "REPORT", measured value)
+Check = tuple[str, bool | str, str]
+
 
 def aggregate(runs: Iterable[dict]) -> list[dict]:
     """Group runs by (model, method, granularity, scope, sparsity) and average over seeds.
@@ -183,9 +186,28 @@ def format_transformer_table(runs: Iterable[dict]) -> str:
     return "\n".join(lines + noisy_note(noise, ("latency_b1_noisy", "latency_noisy")))
 
 
-def benchmark_markdown(title: str, intro: list[str], tables: list[str], checks: list[tuple[str, bool, str]]) -> str:
+def check_table(checks: list[Check]) -> list[str]:
+    """The lines of a benchmark's markdown table of `checks`, each ``(description, result, measured
+    value)``: a result True / False reads PASS / FAIL, a string (e.g. ``"REPORT"``) stands as it is.
+
+    >>> for line in check_table([("b > a", True, "2 > 1"), ("c < 1", False, "3"), ("gap", "REPORT", "0.2 pt")]):
+    ...     print(line)
+    | check | result | value |
+    |---|---|---|
+    | b > a | PASS | 2 > 1 |
+    | c < 1 | FAIL | 3 |
+    | gap | REPORT | 0.2 pt |
+    """
+    lines = ["| check | result | value |", "|---|---|---|"]
+    for name, result, value in checks:
+        verdict = result if isinstance(result, str) else ("PASS" if result else "FAIL")
+        lines.append(f"| {name} | {verdict} | {value} |")
+    return lines
+
+
+def benchmark_markdown(title: str, intro: list[str], tables: list[str], checks: list[Check]) -> str:
     """A benchmark's results page: a ``# title``, the `intro` paragraphs, the fixed-width `tables`
-    (e.g. from `format_table`) in one code block, then a PASS/FAIL table of the `checks`, each
+    (e.g. from `format_table`) in one code block, then the table of the `checks` (`check_table`), each
     ``(description, passed, measured value)``. Empty `tables` or `checks` leave their section out.
 
     >>> print(benchmark_markdown("Demo", ["Command: `run`."], ["a  b", "c  d"], [("b > a", True, "2 > 1")]))
@@ -210,6 +232,5 @@ def benchmark_markdown(title: str, intro: list[str], tables: list[str], checks: 
     if tables:
         lines += ["```", "\n\n".join(tables), "```", ""]
     if checks:
-        lines += ["| check | result | value |", "|---|---|---|"]
-        lines += [f"| {name} | {'PASS' if passed else 'FAIL'} | {value} |" for name, passed, value in checks]
+        lines += check_table(checks)
     return "\n".join(lines).rstrip("\n") + "\n"

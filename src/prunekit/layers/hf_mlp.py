@@ -67,14 +67,29 @@ def sync_ffn_config(model: nn.Module) -> bool:
     >>> sync_ffn_config(bert), bert.config.intermediate_size
     (True, 6)
     """
+    return sync_ffn_widths(model) is None
+
+
+def sync_ffn_widths(model: nn.Module) -> list[int] | None:
+    """``sync_ffn_config``, reading the widths once: None when the config now describes every
+    block, else the per-block FFN widths it cannot hold (they differ; the config is left as it was).
+
+    >>> from transformers import BertConfig, BertModel
+    >>> bert = BertModel(BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                             intermediate_size=12, vocab_size=10))
+    >>> bert.encoder.layer[0].intermediate.dense = nn.Linear(8, 6)
+    >>> bert.encoder.layer[0].output.dense = nn.Linear(6, 8)
+    >>> sync_ffn_widths(bert), bert.config.intermediate_size
+    ([6, 12], 12)
+    """
     config = getattr(model, "config", None)
     attribute, widths = ffn_widths(model)
     if config is None or attribute is None or not hasattr(config, attribute):
-        return True
+        return None
     if len(set(widths)) != 1:
-        return False
+        return widths
     setattr(config, attribute, widths[0])
-    return True
+    return None
 
 
-__all__ = ["FFN_LAYOUTS", "ffn_widths", "sync_ffn_config"]
+__all__ = ["FFN_LAYOUTS", "ffn_widths", "sync_ffn_config", "sync_ffn_widths"]
