@@ -24,7 +24,7 @@ import os
 import platform
 import shutil
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -32,7 +32,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 
-__all__ = ["native_kernel_status", "native_sparse_linear"]
+__all__ = ["native_function", "native_kernel_status", "native_sparse_linear"]
 
 SOURCE = Path(__file__).with_name("native_spmm.cpp")
 DISABLE_VARIABLE = "PRUNEKIT_NATIVE_KERNEL"
@@ -62,10 +62,17 @@ def native_sparse_linear(values: torch.Tensor, col_indices: torch.Tensor, row_of
     ...     print(x @ weight.T)
     tensor([[20.,  3.]])
     """
-    module, status = _load()
-    if module is None:
-        raise PrunekitError(f"prunekit's compiled sparse kernel is not available: {status}")
-    return module.sparse_linear(values, col_indices, row_offsets, x.contiguous(), bias)
+    kernel = native_function()
+    if kernel is None:
+        raise PrunekitError(f"prunekit's compiled sparse kernel is not available: {_load()[1]}")
+    return kernel(values, col_indices, row_offsets, x.contiguous(), bias)
+
+
+def native_function() -> Callable | None:
+    """The compiled function itself (arguments as :func:`native_sparse_linear`'s, `x` already
+    contiguous), or None where it cannot be built: for callers that run it per forward pass."""
+    module = _load()[0]
+    return None if module is None else module.sparse_linear
 
 
 @functools.cache

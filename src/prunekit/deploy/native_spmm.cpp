@@ -22,6 +22,9 @@
 
 namespace {
 
+// below this many multiply-adds a call runs on one thread
+constexpr int64_t kParallelWork = int64_t(1) << 16;
+
 template <typename T>
 struct Csr {
   const T* values;
@@ -54,9 +57,15 @@ void row_block(const Csr<T>& w, const T* x, int64_t rows, int64_t first, T* scra
   typedef T Vec __attribute__((vector_size(32)));
   constexpr int64_t lanes = 32 / sizeof(T);
   const int64_t used = std::min<int64_t>(lanes, rows - first);
+  // lanes past the last row repeat it (their sums are computed and dropped); reading the rows
+  // side by side, one feature at a time, writes the scratch in order
+  const T* source[lanes];
   for (int64_t lane = 0; lane < lanes; ++lane) {
-    const T* source = x + (first + lane) * w.n_in;
-    for (int64_t c = 0; c < w.n_in; ++c) scratch[c * lanes + lane] = lane < used ? source[c] : T(0);
+    source[lane] = x + (first + std::min(lane, used - 1)) * w.n_in;
+  }
+  for (int64_t c = 0; c < w.n_in; ++c) {
+    T* to = scratch + c * lanes;
+    for (int64_t lane = 0; lane < lanes; ++lane) to[lane] = source[lane][c];
   }
   const Vec* features = reinterpret_cast<const Vec*>(scratch);
   for (int64_t i = 0; i < w.n_out; ++i) {
@@ -84,7 +93,11 @@ void run(const Csr<T>& w, const T* x, int64_t rows, T* out) {
   }
   constexpr int64_t lanes = 32 / sizeof(T);
   const int64_t blocks = (rows + lanes - 1) / lanes;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  // handing work to a second thread costs about as much as tens of thousands of multiply-adds: smaller
+  // products run on the calling thread alone (a grain of all blocks keeps at::parallel_for inline)
+  const int64_t work = static_cast<int64_t>(w.offsets[w.n_out]) * rows;
+  const int64_t grain = work < kParallelWork ? blocks : 1;
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     // lanes extra elements leave room to align the scratch to the vector size
     std::vector<T> buffer(w.n_in * lanes + lanes);
     auto address = reinterpret_cast<std::uintptr_t>(buffer.data());

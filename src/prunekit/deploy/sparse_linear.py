@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.deploy.native_kernel import native_kernel_status, native_sparse_linear
+from prunekit.deploy.native_kernel import native_function
 from prunekit.errors import PrunekitError
 
 __all__ = ["KERNELS", "SPARSE_KERNELS", "SparseLinear"]
@@ -162,9 +162,9 @@ class SparseLinear(nn.Module):
         kernel = self.kernel_for(rows)
         if kernel == "dense":
             return F.linear(x, self.dense, self.bias)
-        if kernel == "native" and native_kernel_status() is None:
-            out = native_sparse_linear(self.values, self.col_indices, self.row_offsets, flat,
-                                       self.bias)
+        native = native_function() if kernel == "native" else None
+        if native is not None:
+            out = native(self.values, self.col_indices, self.row_offsets, flat.contiguous(), self.bias)
         elif rows == 1 and kernel == "csr":
             out = self._matrix_vector(flat[0]).unsqueeze(0)
         else:  # "native" where it cannot be built runs "bag"
