@@ -6,9 +6,8 @@
 //
 // A block of L rows (L = 32 bytes / element size: 8 floats or 4 doubles) is first copied
 // feature-major into a small scratch buffer, so that one input feature's L values are one
-// vector; each output unit is then the sum, over its row's nonzeros, of value * that vector.
-// Four independent partial sums keep the multiply-adds from waiting on each other. A call with
-// a single row takes the plain gather-and-dot path instead.
+// vector; each output unit is then the sum, over its row's nonzeros, of value * that vector. A
+// call with a single row takes the plain gather-and-dot path instead.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -35,21 +34,27 @@ struct Csr {
   int64_t n_in;
 };
 
+// Sum over output unit i's nonzeros of value * features[column]: Acc is a scalar for one row or a
+// vector of several rows' values of one feature; four partial sums keep the multiply-adds from
+// waiting on each other.
+template <typename Acc, typename T>
+Acc unit_sum(const Csr<T>& w, int64_t i, const Acc* features) {
+  Acc a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int32_t k = w.offsets[i];
+  const int32_t end = w.offsets[i + 1];
+  for (; k + 4 <= end; k += 4) {
+    a0 += w.values[k] * features[w.cols[k]];
+    a1 += w.values[k + 1] * features[w.cols[k + 1]];
+    a2 += w.values[k + 2] * features[w.cols[k + 2]];
+    a3 += w.values[k + 3] * features[w.cols[k + 3]];
+  }
+  for (; k < end; ++k) a0 += w.values[k] * features[w.cols[k]];
+  return (a0 + a1) + (a2 + a3);
+}
+
 template <typename T>
 void single_row(const Csr<T>& w, const T* x, T* out) {
-  for (int64_t i = 0; i < w.n_out; ++i) {
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int32_t k = w.offsets[i];
-    const int32_t end = w.offsets[i + 1];
-    for (; k + 4 <= end; k += 4) {
-      s0 += w.values[k] * x[w.cols[k]];
-      s1 += w.values[k + 1] * x[w.cols[k + 1]];
-      s2 += w.values[k + 2] * x[w.cols[k + 2]];
-      s3 += w.values[k + 3] * x[w.cols[k + 3]];
-    }
-    for (; k < end; ++k) s0 += w.values[k] * x[w.cols[k]];
-    out[i] = (s0 + s1) + (s2 + s3) + (w.bias ? w.bias[i] : T(0));
-  }
+  for (int64_t i = 0; i < w.n_out; ++i) out[i] = unit_sum(w, i, x) + (w.bias ? w.bias[i] : T(0));
 }
 
 template <typename T>
@@ -69,17 +74,7 @@ void row_block(const Csr<T>& w, const T* x, int64_t rows, int64_t first, T* scra
   }
   const Vec* features = reinterpret_cast<const Vec*>(scratch);
   for (int64_t i = 0; i < w.n_out; ++i) {
-    Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    int32_t k = w.offsets[i];
-    const int32_t end = w.offsets[i + 1];
-    for (; k + 4 <= end; k += 4) {
-      a0 += w.values[k] * features[w.cols[k]];
-      a1 += w.values[k + 1] * features[w.cols[k + 1]];
-      a2 += w.values[k + 2] * features[w.cols[k + 2]];
-      a3 += w.values[k + 3] * features[w.cols[k + 3]];
-    }
-    for (; k < end; ++k) a0 += w.values[k] * features[w.cols[k]];
-    const Vec sum = (a0 + a1) + (a2 + a3);
+    const Vec sum = unit_sum(w, i, features);
     const T b = w.bias ? w.bias[i] : T(0);
     for (int64_t lane = 0; lane < used; ++lane) out[(first + lane) * w.n_out + i] = sum[lane] + b;
   }
