@@ -83,6 +83,10 @@ def test_it_equals_a_hand_computed_product():
                              [-2.0 - 1.0 + 0.25, 7.0, 30.0 - 1.0]])
     torch.testing.assert_close(native_sparse_linear(values, cols, offsets, x, bias), expected)
     torch.testing.assert_close(native_sparse_linear(values, cols, offsets, x[:1], bias), expected[:1])
+    with pytest.raises(RuntimeError, match="one dtype"):
+        native_sparse_linear(values, cols, offsets, x.double(), bias)
+    with pytest.raises(RuntimeError, match="contiguous CPU tensors"):
+        native_sparse_linear(values, cols, offsets, x, torch.stack([bias, bias], 1)[:, 0])  # strided bias
 
 
 def test_views_leading_dimensions_and_chained_layers_match_dense(threads):

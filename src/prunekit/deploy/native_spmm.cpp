@@ -107,6 +107,12 @@ void run(const Csr<T>& w, const T* x, int64_t rows, T* out) {
 at::Tensor sparse_linear(const at::Tensor& values, const at::Tensor& cols, const at::Tensor& offsets,
                          const at::Tensor& x, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous 2-D tensor");
+  for (const at::Tensor* tensor : {&values, &cols, &offsets, &x}) {
+    TORCH_CHECK(tensor->device().is_cpu() && tensor->is_contiguous(),
+                "prunekit's sparse kernel runs contiguous CPU tensors");
+  }
+  TORCH_CHECK(!bias.has_value() || (bias->device().is_cpu() && bias->is_contiguous()),
+              "prunekit's sparse kernel runs contiguous CPU tensors");
   TORCH_CHECK(values.scalar_type() == x.scalar_type(), "values and x must have one dtype");
   TORCH_CHECK(cols.scalar_type() == at::kInt && offsets.scalar_type() == at::kInt,
               "CSR indices must be int32");

@@ -162,12 +162,12 @@ class SparseLinear(nn.Module):
         kernel = self.kernel_for(rows)
         if kernel == "dense":
             return F.linear(x, self.dense, self.bias)
-        native = native_function() if kernel == "native" else None
+        native = native_function() if kernel == "native" and flat.device.type == "cpu" else None
         if native is not None:
             out = native(self.values, self.col_indices, self.row_offsets, flat.contiguous(), self.bias)
         elif rows == 1 and kernel == "csr":
             out = self._matrix_vector(flat[0]).unsqueeze(0)
-        else:  # "native" where it cannot be built runs "bag"
+        else:  # "native" where it cannot be built (or off the CPU) runs "bag"
             out = self._matrix_matrix(_transposed(flat), kernel).t()  # a view
             if not self.transposed_output:
                 out = out.contiguous()
