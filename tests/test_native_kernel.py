@@ -18,6 +18,10 @@ from prunekit.deploy.sparse_inference import TimingConfig, sparse_inference
 from prunekit.deploy.sparse_linear import SparseLinear
 
 QUICK = TimingConfig(rounds=1, round_seconds=1e-4, model_rounds=1, model_repeats=1)
+#: the tests that run the kernel skip where it cannot be built; test_the_compiled_kernel_builds_here
+#: fails there instead, with the reason (make test installs g++ so that it builds)
+needs_kernel = pytest.mark.skipif(native_kernel_status() is not None,
+                                  reason=f"the compiled kernel is not available: {native_kernel_status()}")
 
 
 @pytest.fixture
@@ -56,6 +60,7 @@ def test_the_compiled_kernel_builds_here():
     assert native_kernel_status() is None, native_kernel_status()
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("thread_count", [1, 2])
@@ -72,6 +77,7 @@ def test_it_equals_the_pruned_dense_layer_at_every_row_count(dtype, bias, thread
         assert torch.equal(out[:, 0], layer.bias[0].expand(rows) if bias else torch.zeros(rows, dtype=dtype))
 
 
+@needs_kernel
 def test_it_equals_a_hand_computed_product():
     values = torch.tensor([2.0, -1.0, 0.5, 3.0])
     cols = torch.tensor([1, 3, 0, 2], dtype=torch.int32)
@@ -87,8 +93,17 @@ def test_it_equals_a_hand_computed_product():
         native_sparse_linear(values, cols, offsets, x.double(), bias)
     with pytest.raises(RuntimeError, match="contiguous CPU tensors"):
         native_sparse_linear(values, cols, offsets, x, torch.stack([bias, bias], 1)[:, 0])  # strided bias
+    with pytest.raises(PrunekitError, match="largest column index"):
+        native_sparse_linear(values, cols, offsets, x[:, :3], bias)  # column 3 is past x's width
+    bad_offsets = [torch.tensor(o, dtype=torch.int32) for o in ([1, 2, 2, 4], [0, 2, 2, 3], [0, 3, 2, 4])]
+    for offsets_case, message in zip(bad_offsets, ["run from 0", "run from 0", "must not decrease"]):
+        with pytest.raises(RuntimeError, match=message):
+            native_sparse_linear(values, cols, offsets_case, x, bias)
+    with pytest.raises(RuntimeError, match="one value per output unit"):
+        native_sparse_linear(values, cols, offsets, x, bias[:2])
 
 
+@needs_kernel
 def test_views_leading_dimensions_and_chained_layers_match_dense(threads):
     threads(2)
     first, second = pruned_linear(40, 24, 0.9), pruned_linear(24, 6, 0.8, seed=1)
@@ -100,8 +115,11 @@ def test_views_leading_dimensions_and_chained_layers_match_dense(threads):
     torch.testing.assert_close(native_second(torch.relu(native_first(x))), expected)
     torch.testing.assert_close(native_second(torch.relu(bag_first(x))), expected)
     torch.testing.assert_close(native_first(x.transpose(0, 1)), first(x.transpose(0, 1)))
+    # the compiled kernel has no backward: an input that needs gradients runs "bag", which has one
+    assert native_first(x.clone().requires_grad_()).grad_fn is not None
 
 
+@needs_kernel
 def test_sparse_inference_times_it_and_keeps_the_outputs():
     model = nn.Sequential(pruned_linear(64, 32, 0.9), nn.ReLU(), pruned_linear(32, 10, 0.9)).eval()
     x64, x1 = torch.randn(64, 64), torch.randn(1, 64)
@@ -142,6 +160,9 @@ def test_a_missing_compiler_or_a_failed_build_is_a_reason_not_a_crash(monkeypatc
         broken = tmp_path / "broken.cpp"
         broken.write_text("#error this source does not compile\n")
         monkeypatch.setattr(native, "SOURCE", broken)
+        # another name too: torch would otherwise record a new version of the real extension's
+        # name and rebuild the real kernel in every later process
+        monkeypatch.setattr(native, "_cpu_fingerprint", lambda: "broken_source_test")
         monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))  # not the real cache
         native._load.cache_clear()
         assert native_kernel_status().startswith("building broken.cpp failed (")

@@ -65,12 +65,17 @@ def native_sparse_linear(values: torch.Tensor, col_indices: torch.Tensor, row_of
     kernel = native_function()
     if kernel is None:
         raise PrunekitError(f"prunekit's compiled sparse kernel is not available: {_load()[1]}")
+    if x.dim() != 2 or (col_indices.numel() and not 0 <= int(col_indices.min()) <= int(col_indices.max()) < x.shape[1]):
+        raise PrunekitError(
+            f"x must be 2-D with more features than the largest column index; got x of shape "
+            f"{tuple(x.shape)} and column indices up to {int(col_indices.max()) if col_indices.numel() else None}")
     return kernel(values, col_indices, row_offsets, x.contiguous(), bias)
 
 
 def native_function() -> Callable | None:
     """The compiled function itself (arguments as :func:`native_sparse_linear`'s, `x` already
-    contiguous), or None where it cannot be built: for callers that run it per forward pass."""
+    contiguous; it does not check the column indices against `x`'s width), or None where it
+    cannot be built: for callers that run it per forward pass on arrays they built."""
     module = _load()[0]
     return None if module is None else module.sparse_linear
 

@@ -40,8 +40,8 @@ struct Csr {
 template <typename Acc, typename T>
 Acc unit_sum(const Csr<T>& w, int64_t i, const Acc* features) {
   Acc a0 = {}, a1 = {}, a2 = {}, a3 = {};
-  int32_t k = w.offsets[i];
-  const int32_t end = w.offsets[i + 1];
+  int64_t k = w.offsets[i];
+  const int64_t end = w.offsets[i + 1];
   for (; k + 4 <= end; k += 4) {
     a0 += w.values[k] * features[w.cols[k]];
     a1 += w.values[k + 1] * features[w.cols[k + 1]];
@@ -118,8 +118,17 @@ at::Tensor sparse_linear(const at::Tensor& values, const at::Tensor& cols, const
               "CSR indices must be int32");
   TORCH_CHECK(!bias.has_value() || bias->scalar_type() == x.scalar_type(),
               "bias and x must have one dtype");
-  const int64_t rows = x.size(0);
+  // the CSR arrays must describe a matrix whose nonzeros lie in values / cols (O(out) checks;
+  // the column bound, O(nonzeros), is checked by the Python wrapper, and SparseLinear builds its
+  // own arrays)
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1, "row offsets must be a non-empty 1-D tensor");
   const int64_t n_out = offsets.size(0) - 1;
+  const int32_t* offset = offsets.data_ptr<int32_t>();
+  TORCH_CHECK(offset[0] == 0 && offset[n_out] == values.numel() && values.numel() == cols.numel(),
+              "row offsets must run from 0 to the number of values, one column index per value");
+  for (int64_t i = 0; i < n_out; ++i) TORCH_CHECK(offset[i] <= offset[i + 1], "row offsets must not decrease");
+  TORCH_CHECK(!bias.has_value() || bias->numel() == n_out, "bias must hold one value per output unit");
+  const int64_t rows = x.size(0);
   at::Tensor out = at::empty({rows, n_out}, x.options());
   if (rows == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "prunekit_sparse_linear", [&] {

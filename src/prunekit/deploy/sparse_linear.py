@@ -162,12 +162,14 @@ class SparseLinear(nn.Module):
         kernel = self.kernel_for(rows)
         if kernel == "dense":
             return F.linear(x, self.dense, self.bias)
-        native = native_function() if kernel == "native" and flat.device.type == "cpu" else None
+        # the compiled kernel has no backward and runs CPU tensors: other inputs run "bag"
+        native = (native_function() if kernel == "native" and flat.device.type == "cpu"
+                  and not flat.requires_grad else None)
         if native is not None:
             out = native(self.values, self.col_indices, self.row_offsets, flat.contiguous(), self.bias)
         elif rows == 1 and kernel == "csr":
             out = self._matrix_vector(flat[0]).unsqueeze(0)
-        else:  # "native" where it cannot be built (or off the CPU) runs "bag"
+        else:
             out = self._matrix_matrix(_transposed(flat), kernel).t()  # a view
             if not self.transposed_output:
                 out = out.contiguous()

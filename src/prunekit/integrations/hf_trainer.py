@@ -21,7 +21,10 @@ the callback then loads those; a model that is not a transformers ``PreTrainedMo
 class attribute ``_keys_to_ignore_on_save = None``, which the Trainer reads on missing keys). The
 checkpoint must be the Trainer's ``<args.output_dir>/checkpoint-<step>``; to resume from one
 elsewhere, load its ``prunekit_pruner.pt`` into the Pruner before ``trainer.train`` (the Trainer
-then finds the masks in place and loads every weight itself).
+then finds the masks in place and loads every weight itself). Step the Pruner only through the
+callback, not before ``trainer.train()``: masks reorder ``model.parameters()``, the Trainer builds
+its optimizer from that order and loads a checkpoint's optimizer state by position, so a run whose
+model was masked before its optimizer existed would not resume into a fresh, unmasked model.
 """
 
 from __future__ import annotations
