@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from prunekit import hf, prune
+from prunekit.stats.loop import module_hooks
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 25
@@ -44,12 +45,13 @@ ROUNDS = 25
 KEEP_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
 
 
-def ffn_modules(model) -> list[torch.nn.Module]:
-    return [module for layer in model.encoder.layer for module in (layer.intermediate, layer.output.dense)]
+def ffn_names(model) -> list[str]:
+    return [f"encoder.layer.{index}.{part}" for index in range(len(model.encoder.layer))
+            for part in ("intermediate", "output.dense")]
 
 
-def timed_forward(model, batch: dict, modules: list[torch.nn.Module]) -> tuple[float, float]:
-    """One forward pass: its total seconds and the seconds spent inside `modules`."""
+def timed_forward(model, batch: dict) -> tuple[float, float]:
+    """One forward pass: its total seconds and the seconds spent inside the FFN modules."""
     spent, starts = [0.0], {}
 
     def before(module, args):
@@ -58,14 +60,11 @@ def timed_forward(model, batch: dict, modules: list[torch.nn.Module]) -> tuple[f
     def after(module, args, output):
         spent[0] += time.perf_counter() - starts[id(module)]
 
-    handles = [h for m in modules for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
+    names = ffn_names(model)
+    with module_hooks(model, dict.fromkeys(names, before), pre=True), module_hooks(model, dict.fromkeys(names, after)):
         started = time.perf_counter()
         model(**batch)
         total = time.perf_counter() - started
-    finally:
-        for handle in handles:
-            handle.remove()
     return total, spent[0]
 
 
@@ -83,7 +82,7 @@ def measure(models: dict, batch: dict) -> dict:
                 model(**batch)
                 samples[name]["ms"].append((time.perf_counter() - started) * 1e3)
                 samples[name]["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
-                total, inside = timed_forward(model, batch, ffn_modules(model))
+                total, inside = timed_forward(model, batch)
                 samples[name]["ffn_ms"].append(inside / total * samples[name]["ms"][-1])
     found = {name: {key: statistics.median(values) for key, values in by_key.items()}
              for name, by_key in samples.items()}

@@ -93,13 +93,7 @@ def positive_float(text: str) -> float:
     >>> positive_float("1e-3")
     0.001
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0 such as 0.001; got {text!r}")
-    return value
+    return _finite_float(text, 0.0, inclusive=False, example="0.001")
 
 
 def non_negative_float(text: str) -> float:
@@ -108,10 +102,17 @@ def non_negative_float(text: str) -> float:
     >>> non_negative_float("0.5")
     0.5
     """
+    return _finite_float(text, 0.0, inclusive=True, example="0.5")
+
+
+def _finite_float(text: str, minimum: float, inclusive: bool, example: str) -> float:
+    """`text` as a finite float above `minimum` (or equal to it, if `inclusive`)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 such as 0.5; got {text!r}")
+    above = value >= minimum if inclusive else value > minimum
+    if not above or value == float("inf"):
+        bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+        raise argparse.ArgumentTypeError(f"expected a number {bound} such as {example}; got {text!r}")
     return value

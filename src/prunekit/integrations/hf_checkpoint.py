@@ -59,24 +59,20 @@ def save_pruner_state(pruner: Pruner, folder: Path) -> Path:
 
 
 class _CheckpointWeights(Mapping):
-    """The model tensors of a Trainer checkpoint `folder` by name, read one at a time from its
-    safetensors file(s) (shards included) or ``pytorch_model.bin`` file(s)."""
+    """The model tensors of a Trainer checkpoint `folder` by name, from its safetensors file(s)
+    (shards included) or ``pytorch_model.bin`` file(s); each file is read once, when one of its
+    tensors is first asked for."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._file_of = _weight_files(folder)
-        self._torch_files: dict[Path, dict] = {}
+        self._files: dict[Path, Mapping[str, torch.Tensor]] = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         path = self._file_of[name]
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open  # a dependency of transformers
-
-            with safe_open(str(path), framework="pt", device="cpu") as file:
-                return file.get_tensor(name)
-        if path not in self._torch_files:
-            self._torch_files[path] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return self._torch_files[path][name]
+        if path not in self._files:
+            self._files[path] = _read_weights(path)
+        return self._files[path][name]
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor, unlike Mapping's
         return name in self._file_of
@@ -86,6 +82,14 @@ class _CheckpointWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self._file_of)
+
+
+def _read_weights(path: Path) -> Mapping[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # a dependency of transformers
+
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _weight_files(folder: Path) -> dict[str, Path]:
